@@ -1,0 +1,1064 @@
+#!/usr/bin/python3
+# ctdb_etcd_lock: a CTDB cluster lock (mutex helper) kept in etcd.
+#
+# This program is free software: you can redistribute it and/or modify it
+# under the terms of the GNU General Public License as published by the Free
+# Software Foundation, either version 3 of the License, or (at your option)
+# any later version.  See the LICENSE file, or <https://www.gnu.org/licenses/>.
+"""CTDB mutex helper that keeps the cluster lock in etcd.
+
+ctdbd runs it from ctdb.conf (``cluster lock = !/usr/libexec/ctdb/ctdb_etcd_lock``)
+and reads exactly one status character from its stdout:
+
+    0  the lock is taken; the helper holds it until SIGTERM or its parent is gone
+    1  contention: someone else holds the lock
+    3  error: one line on stderr says what went wrong and what to do
+
+Nothing else is ever written to stdout.  Errors are one line on stderr (it
+lands in the CTDB log); success and contention are silent unless -v is given.
+
+Design
+------
+The lock is one etcd key, /_locks/<locks_dir>/<lock_name>, whose value names
+this holder (host, pnn, pid) and is unique to this acquisition.
+
+* v2 keys API: created with prevExist=false and a TTL, refreshed by
+  compare-and-swap on our value, released by compare-and-delete.
+* v3 JSON gateway: a lease of lock_ttl seconds, the key put by a transaction
+  that succeeds only if the key has never been created, the lease kept alive.
+* api = auto holds the v3 key and, where the server still serves v2, the v2
+  key as well: the two keyspaces do not exclude each other, and helpers of
+  the original (python-etcd) kind only know v2.
+
+The original helper left a *directory* at the key (python-etcd's lock
+recipe: one in-order child per attempt, the lowest child holds).  Where such
+a directory stands, this helper takes part in that recipe instead of
+deleting the directory: etcd cannot delete a directory on a condition, and
+an unconditional delete could remove a lock someone else has just taken.
+
+Self-fencing.  The helper never keeps running past the moment its lock could
+have expired on the server.  The lock is valid until the *send* time of the
+last refresh that succeeded plus lock_ttl (the server started its TTL later
+than that); the helper gives the lock up a tenth of lock_ttl before then.
+Every request's timeout is cut to what is left, and a SIGALRM backstop ends
+the process if anything still blocks.  Only local monotonic time is trusted,
+so clocks may differ between hosts, but their rates must not differ by more
+than that margin.  There is no fencing token: a holder that is paused (say,
+SIGSTOP) longer than lock_ttl can wake up believing it holds the lock for a
+moment, as with any lease.
+
+Settings (file $CTDB_BASE/etcd, ``key = value``; defaults in brackets):
+    host [127.0.0.1]  port [2379]  protocol [http]  version_prefix [/v2]
+    read_timeout [60]  lock_ttl [9]  refresh [2] (alias: lock_refresh)
+    locks_dir [_ctdb]  lock_name [Samba's netbios name]  api [auto]
+"""
+
+import os
+import signal
+import sys
+import time
+
+PROG = "ctdb_etcd_lock"
+
+STATUS_HELD = b"0"
+STATUS_CONTENDED = b"1"
+STATUS_ERROR = b"3"
+
+# The lock is given up this share of lock_ttl before it could expire.
+FENCE_SHARE = 0.1
+
+
+# ---------------------------------------------------------------------------
+# Errors.  main() is the one place that turns them into a status character.
+
+class EtcdLockError(Exception):
+    """Base of every error this helper reports on its own terms."""
+
+
+class ConfigError(EtcdLockError):
+    """A setting, the config file or the command line is wrong."""
+
+
+class TransportError(EtcdLockError):
+    """etcd could not be reached, or answered in a way etcd would not."""
+
+
+class EtcdError(EtcdLockError):
+    """etcd answered with an error this helper has no use for."""
+
+    def __init__(self, message, status=None, code=None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class ApiNotServed(EtcdLockError):
+    """The server does not serve the API a lock needs (v2 off, or no v3)."""
+
+
+class LockContended(EtcdLockError):
+    """Someone else holds the lock; the argument names the holder."""
+
+
+class LockLost(EtcdLockError):
+    """The lock was held, but is not ours any more (or cannot be proved to be)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGINT: give back what we hold and go."""
+
+
+# ---------------------------------------------------------------------------
+# Logging: one line per event on stderr; -v, -vv, -vvv add detail.
+
+class Log:
+    def __init__(self, verbose=0):
+        self.verbose = verbose
+
+    def error(self, message):
+        self._write(message)
+
+    def info(self, message):
+        if self.verbose >= 1:
+            self._write(message)
+
+    def debug(self, message):
+        if self.verbose >= 2:
+            self._write(message)
+
+    def trace(self, message):
+        if self.verbose >= 3:
+            self._write(message)
+
+    @staticmethod
+    def _write(message):
+        try:
+            os.write(2, ("%s: %s\n" % (PROG, message)).encode("utf-8", "replace"))
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# Settings.
+
+class Setting:
+    """One config key: its default, how its text becomes a value, and a note."""
+
+    def __init__(self, default, parse, note, implemented=True):
+        self.default = default
+        self.parse = parse
+        self.note = note
+        self.implemented = implemented
+
+
+def _integer(low, high=None):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError("%r is not a whole number" % text) from None
+        if value < low or (high is not None and value > high):
+            if high is None:
+                raise ValueError("%d is below %d" % (value, low))
+            raise ValueError("%d is not between %d and %d" % (value, low, high))
+        return value
+    return parse
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("%r is not a number of seconds" % text) from None
+    if not value > 0 or value == float("inf"):
+        raise ValueError("%r must be more than 0 seconds" % text)
+    return value
+
+
+def _word(choices):
+    def parse(text):
+        if text not in choices:
+            raise ValueError("%r is not one of %s" % (text, ", ".join(choices)))
+        return text
+    return parse
+
+
+def _text(text):
+    if not text:
+        raise ValueError("it is empty")
+    return text
+
+
+def _path_segments(what, allow_slash):
+    """Names inside the etcd key: no empty part, no '.' or '..'."""
+    def parse(text):
+        parts = text.split("/") if allow_slash else [text]
+        for part in parts:
+            if part in ("", ".", ".."):
+                raise ValueError("%r is not a usable %s (empty part, '.' or '..')"
+                                 % (text, what))
+            if not allow_slash and "/" in part:
+                raise ValueError("%r must not contain '/'" % text)
+        return text
+    return parse
+
+
+def _lock_name(text):
+    if "/" in text:
+        raise ValueError("%r must not contain '/'" % text)
+    return _path_segments("lock name", False)(text)
+
+
+def _prefix(text):
+    if not text.startswith("/") or text.endswith("/") or "//" in text:
+        raise ValueError("%r must start with '/' and not end with one" % text)
+    return text
+
+
+def _passthrough(text):
+    return text
+
+
+SETTINGS = {
+    "host": Setting("127.0.0.1", _text, "etcd host name or address"),
+    "port": Setting(2379, _integer(1, 65535), "etcd client port"),
+    "protocol": Setting("http", _word(("http",)), "URL scheme to etcd"),
+    "version_prefix": Setting("/v2", _prefix, "path of etcd's v2 API"),
+    "read_timeout": Setting(60.0, _seconds,
+                            "longest wait for one answer (always cut to the lock's deadline)"),
+    "lock_ttl": Setting(9, _integer(2), "seconds the lock lives without a refresh"),
+    "refresh": Setting(2.0, _seconds, "seconds between refreshes"),
+    "locks_dir": Setting("_ctdb", _path_segments("locks_dir", True),
+                         "directory below /_locks for CTDB's locks"),
+    "lock_name": Setting(None, _lock_name, "name of the lock (default: netbios name)"),
+    "api": Setting("auto", _word(("auto", "v2", "v3")), "etcd API: v2, v3 or auto"),
+}
+# Names the original helper's code read for the same thing.
+ALIASES = {"lock_refresh": "refresh"}
+# python-etcd client settings the original passed through; accepted, not used yet.
+NOT_IMPLEMENTED = ("srv_domain", "allow_redirect", "cert", "ca_cert", "username",
+                   "password", "allow_reconnect", "use_proxies",
+                   "expected_cluster_id", "per_host_pool_size")
+for _name in NOT_IMPLEMENTED:
+    SETTINGS[_name] = Setting(None, _passthrough, "python-etcd client setting",
+                              implemented=False)
+
+
+class Config:
+    """The settings in force, each one parsed and checked once.
+
+    Attributes carry the names of SETTINGS.  ``source`` is the file they came
+    from (or None) and ``lines`` maps each setting given there to its line
+    number, for messages.
+    """
+
+    def __init__(self, values, source=None, lines=None):
+        for name, setting in SETTINGS.items():
+            setattr(self, name, values.get(name, setting.default))
+        self.source = source
+        self.lines = dict(lines or {})
+        self.ignored = [name for name in NOT_IMPLEMENTED if name in values]
+        self._check()
+
+    def where(self, name):
+        """'FILE:LINE' of a setting, or 'the defaults'."""
+        if name in self.lines:
+            return "%s:%d" % (self.source, self.lines[name])
+        return "the default %s" % name
+
+    def _check(self):
+        # Relations between settings, each message naming the values.
+        if self.refresh >= self.lock_ttl:
+            raise ConfigError("%s: refresh (%gs) must be less than lock_ttl (%ds); "
+                              "set refresh well below lock_ttl, e.g. refresh = %g"
+                              % (self.where("refresh"), self.refresh, self.lock_ttl,
+                                 self.lock_ttl / 4.0))
+        if self.refresh >= self.lock_ttl * (1 - FENCE_SHARE):
+            # The helper gives the lock up FENCE_SHARE of lock_ttl early.
+            raise ConfigError("%s: refresh (%gs) must be less than %g%% of lock_ttl "
+                              "(%ds), or the lock could not be refreshed in time; "
+                              "e.g. refresh = %g" % (
+                                  self.where("refresh"), self.refresh,
+                                  100 * (1 - FENCE_SHARE), self.lock_ttl,
+                                  self.lock_ttl / 4.0))
+
+    @property
+    def endpoint(self):
+        host = "[%s]" % self.host if ":" in self.host else self.host
+        return "%s://%s:%d" % (self.protocol, host, self.port)
+
+    @property
+    def key(self):
+        """The lock's key, as etcd names it (before escaping)."""
+        return "/_locks/%s/%s" % (self.locks_dir, self.lock_name)
+
+
+def read_config(path, required):
+    """Parse a ``key = value`` file into a Config.
+
+    A missing file gives the defaults unless ``required`` (the admin named it
+    with -c).  Blank lines and lines starting with '#' or ';' are comments; so
+    is the rest of a line from a '#' that follows white space.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError("config file %s does not exist; create it or fix -c"
+                              % path) from None
+        return Config({})
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError("cannot read config file %s: %s; make it readable "
+                          "UTF-8 text" % (path, getattr(e, "strerror", None) or e)) from None
+
+    values, lines = {}, {}
+    for number, line in enumerate(text.splitlines(), 1):
+        where = "%s:%d" % (path, number)
+        line = _strip_comment(line).strip()
+        if not line or line[0] in "#;":
+            continue
+        key, equals, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not equals or not key:
+            raise ConfigError("%s: expected 'key = value', found %r" % (where, line))
+        name = ALIASES.get(key, key)
+        setting = SETTINGS.get(name)
+        if setting is None:
+            raise ConfigError("%s: unknown setting %r; known settings are %s"
+                              % (where, key, ", ".join(sorted(SETTINGS))))
+        if name in values:
+            raise ConfigError("%s: %s is set again (first at line %d); keep one"
+                              % (where, key, lines[name]))
+        try:
+            values[name] = setting.parse(value)
+        except ValueError as e:
+            raise ConfigError("%s: bad %s: %s" % (where, key, e)) from None
+        lines[name] = number
+    return Config(values, path, lines)
+
+
+def _strip_comment(line):
+    for i, char in enumerate(line):
+        if char == "#" and (i == 0 or line[i - 1] in " \t"):
+            return line[:i]
+    return line
+
+
+# ---------------------------------------------------------------------------
+# Who we are: the lock's name and the holder's value.
+
+def run_quietly(argv, timeout):
+    """stdout of a command, or None if it fails, is missing or hangs."""
+    import subprocess
+    try:
+        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, timeout=timeout)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.decode("utf-8", "replace").strip()
+
+
+def find_lock_name(config):
+    """lock_name from the config, else Samba's netbios name from testparm."""
+    if config.lock_name:
+        return config.lock_name
+    name = run_quietly(["testparm", "-s", "--parameter-name", "netbios name"], 10)
+    name = (name or "").splitlines()[0].strip() if name else ""
+    if not name:
+        raise ConfigError("cannot name the lock: testparm gave no netbios name; "
+                          "set lock_name in %s (the same on every node)"
+                          % (config.source or "$CTDB_BASE/etcd"))
+    try:
+        return _lock_name(name)
+    except ValueError as e:
+        raise ConfigError("netbios name from testparm is no usable lock name: %s; "
+                          "set lock_name in %s" % (e, config.source or "$CTDB_BASE/etcd"))
+
+
+def holder_value():
+    """This holder, as etcdctl and the logs show it; unique per acquisition."""
+    pnn = run_quietly(["ctdb", "pnn"], 2)
+    pnn = pnn if pnn and pnn.isdigit() else "?"
+    return "host=%s pnn=%s pid=%d id=%s" % (
+        os.uname().nodename, pnn, os.getpid(), os.urandom(8).hex())
+
+
+# ---------------------------------------------------------------------------
+# Transport: one HTTP connection to etcd, every request bounded by a deadline.
+
+class Response:
+    def __init__(self, status, headers, body, endpoint):
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.endpoint = endpoint
+
+    def json(self):
+        """The body as a JSON object, or TransportError if etcd would not say it."""
+        import json
+        try:
+            data = json.loads(self.body.decode("utf-8"))
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise TransportError("%s answered HTTP %d with a body that is not etcd's "
+                                 "JSON (%r); check host and port point at etcd's "
+                                 "client URL" % (self.endpoint, self.status,
+                                                 self.body[:60]))
+        return data
+
+
+class Transport:
+    """Requests to etcd over one kept-alive connection.
+
+    ``deadline`` on each request is a time.monotonic() value; the request
+    never waits past it nor past read_timeout.
+    """
+
+    def __init__(self, config, log, clock=time.monotonic):
+        self.config = config
+        self.log = log
+        self.clock = clock
+        self.endpoint = config.endpoint
+        self._conn = None
+
+    def close(self):
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def request(self, method, path, deadline, form=None, body=None):
+        import http.client
+        import socket
+        timeout = min(self.config.read_timeout, deadline - self.clock())
+        if timeout <= 0:
+            raise TransportError("no time left to ask %s" % self.endpoint)
+        headers = {}
+        if form is not None:
+            from urllib.parse import urlencode
+            body = urlencode(form).encode("ascii")
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif body is not None:
+            headers["Content-Type"] = "application/json"
+        self.log.debug("%s %s%s" % (method, self.endpoint, path))
+        self.log.trace("  body %r" % body)
+        try:
+            try:
+                answer, data = self._exchange(method, path, body, headers, timeout)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # etcd may have closed the kept-alive connection while we
+                # slept; ask once more on a new one.
+                self.close()
+                timeout = min(timeout, deadline - self.clock())
+                if timeout <= 0:
+                    raise socket.timeout() from None
+                answer, data = self._exchange(method, path, body, headers, timeout)
+        except socket.timeout:
+            self.close()
+            raise TransportError("%s did not answer within %.1fs" % (self.endpoint, timeout)) from None
+        except (OSError, http.client.HTTPException) as e:
+            self.close()
+            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+            raise TransportError("cannot talk to etcd at %s: %s" % (self.endpoint, reason)) from None
+        if answer.will_close:
+            self.close()
+        self.log.trace("  HTTP %d %r" % (answer.status, data[:500]))
+        return Response(answer.status, answer.headers, data, self.endpoint)
+
+    def _exchange(self, method, path, body, headers, timeout):
+        import http.client
+        if self._conn is None:
+            self._conn = http.client.HTTPConnection(
+                self.config.host, self.config.port, timeout=timeout)
+        elif self._conn.sock is not None:
+            self._conn.sock.settimeout(timeout)
+        else:
+            self._conn.timeout = timeout
+        self._conn.request(method, path, body=body, headers=headers)
+        answer = self._conn.getresponse()
+        return answer, answer.read()
+
+
+# ---------------------------------------------------------------------------
+# The locks.  Each speaks through the same small interface:
+#
+#   acquire(deadline)  take the lock or raise LockContended; returns valid_until
+#   refresh(deadline)  extend it or raise LockLost; returns valid_until
+#   release(deadline)  give it back if it is still ours
+#
+# valid_until is the monotonic time at which the lock may expire on the server
+# at the earliest: the send time of the request that set the TTL, plus the TTL.
+
+def _quote(path):
+    from urllib.parse import quote
+    return quote(path, safe="/")
+
+
+class V2Lock:
+    """The lock as a key of etcd's v2 keys API."""
+
+    api = "v2"
+
+    def __init__(self, transport, config, value, log):
+        self.transport = transport
+        self.ttl = config.lock_ttl
+        self.value = value
+        self.log = log
+        self.path = config.key
+        self.url = config.version_prefix + "/keys" + _quote(config.key)
+        self.held_url = None  # the key we hold: the plain key, or our child
+        self.sent = None
+
+    def _answer(self, response):
+        """JSON of a v2 answer; ApiNotServed when v2 is switched off."""
+        if response.status == 404 and b"errorCode" not in response.body:
+            raise ApiNotServed("%s does not serve the v2 API (etcd 3.6, or 3.4/3.5 "
+                               "without --enable-v2); set api = v3 (or auto)"
+                               % response.endpoint)
+        data = response.json()
+        if "errorCode" in data:
+            code = data.get("errorCode")
+            raise EtcdError("etcd at %s: %s (v2 error %s, %s)" % (
+                response.endpoint, data.get("message"), code, data.get("cause")),
+                response.status, code)
+        if "node" not in data:
+            raise TransportError("%s answered HTTP %d without a node: %r" % (
+                response.endpoint, response.status, response.body[:60]))
+        return data
+
+    def _request(self, method, url, deadline, form=None):
+        sent = self.transport.clock()
+        return sent, self._answer(self.transport.request(method, url, deadline, form=form))
+
+    def acquire(self, deadline):
+        # 1. The usual case: create the plain key if nothing stands there.
+        #    Until etcd says otherwise the key may be ours: release() only
+        #    ever deletes it by our value, which nobody else has.
+        self.held_url = self.url
+        try:
+            self.sent, data = self._request(
+                "PUT", self.url + "?prevExist=false", deadline,
+                {"value": self.value, "ttl": self.ttl})
+            self._check_ours(data)
+            return self.sent + self.ttl
+        except EtcdError as e:
+            if e.code != 105:  # 105: key already exists
+                raise
+            self.held_url = None
+        # 2. Something stands there: another holder's key, or the original
+        #    helper's directory.
+        try:
+            _, data = self._request("GET", self.url + "?quorum=true", deadline)
+        except EtcdError as e:
+            if e.code == 100:  # gone again meanwhile: let the next try win it
+                raise LockContended("(the key came and went)") from None
+            raise
+        node = data["node"]
+        if not node.get("dir"):
+            if node.get("value") == self.value:
+                # Our own create, answered on a connection that broke.
+                self.held_url = self.url
+                return self.sent + self.ttl
+            raise LockContended(node.get("value"))
+        return self._acquire_in_directory(deadline)
+
+    def _acquire_in_directory(self, deadline):
+        # The original helper's recipe: queue an in-order child; the lowest holds.
+        try:
+            self.sent, data = self._request("POST", self.url, deadline,
+                                            {"value": self.value, "ttl": self.ttl})
+        except EtcdError as e:
+            if e.code == 104:  # the directory became a plain key: someone holds it
+                raise LockContended("(a new holder)") from None
+            raise
+        self._check_ours(data)
+        ours = data["node"]
+        self.held_url = self.url + "/" + _quote(ours["key"].rsplit("/", 1)[-1])
+        try:
+            _, data = self._request("GET", self.url + "?quorum=true", deadline)
+            children = data["node"].get("nodes") or []
+            first = min(children, key=lambda node: node.get("createdIndex", 0),
+                        default=None)
+        except BaseException:
+            self.release(deadline)
+            raise
+        if first is None or first.get("key") != ours["key"]:
+            self.release(deadline)  # unlike the original, leave no child behind
+            raise LockContended(first.get("value") if first else "(unknown)")
+        return self.sent + self.ttl
+
+    def _check_ours(self, data):
+        if data["node"].get("value") != self.value:
+            raise TransportError("%s answered a write with a different value: %r"
+                                 % (self.transport.endpoint, data["node"].get("value")))
+
+    def refresh(self, deadline):
+        try:
+            sent, data = self._request("PUT", self.held_url, deadline, {
+                "refresh": "true", "prevValue": self.value, "ttl": self.ttl})
+        except EtcdError as e:
+            if e.code == 100:
+                raise LockLost("key %s is gone (expired or deleted)" % self.path) from None
+            if e.code == 101:
+                raise LockLost("key %s no longer holds our value" % self.path) from None
+            raise
+        self._check_ours(data)
+        self.sent = sent
+        return sent + self.ttl
+
+    def release(self, deadline):
+        if self.held_url is None:
+            return
+        url, self.held_url = self.held_url, None
+        try:
+            self._request("DELETE", url + "?" + _form({"prevValue": self.value}), deadline)
+            self.log.info("released v2 key %s" % self.path)
+        except EtcdError as e:
+            if e.code not in (100, 101):
+                raise
+            self.log.info("v2 key %s was no longer ours; left it alone" % self.path)
+
+
+def _form(fields):
+    from urllib.parse import urlencode
+    return urlencode(fields)
+
+
+class V3Lock:
+    """The lock as a key on a lease, through etcd's v3 JSON gateway."""
+
+    api = "v3"
+    PREFIXES = ("/v3", "/v3beta")  # etcd 3.4+, etcd 3.3
+
+    def __init__(self, transport, config, value, log):
+        import base64
+        self._b64 = lambda raw: base64.b64encode(raw.encode("utf-8")).decode("ascii")
+        self._unb64 = lambda text: base64.b64decode(text).decode("utf-8", "replace")
+        self.transport = transport
+        self.ttl = config.lock_ttl
+        self.value = value
+        self.log = log
+        self.path = config.key
+        self.key = self._b64(config.key)
+        self.prefix = None
+        self.lease = None
+        self.revision = None  # create_revision of our key
+
+    def _call(self, method, payload, deadline):
+        """POST to the gateway; (send time, JSON answer)."""
+        import json
+        sent = self.transport.clock()
+        body = json.dumps(payload).encode("ascii")
+        response = self.transport.request("POST", self.prefix + method, deadline, body=body)
+        if response.status == 404 and method == "/lease/grant":
+            raise ApiNotServed(response.endpoint)
+        data = response.json()
+        if response.status != 200 or "error" in data:
+            # 3.4/3.5 say {"error", "message", "code"}, 3.6 {"code", "message"};
+            # a streamed answer (keepalive) says {"error": {...}}.
+            error = data.get("error") if isinstance(data.get("error"), dict) else data
+            code = error.get("code", error.get("grpc_code"))
+            raise EtcdError("etcd at %s: %s (v3 code %s, HTTP %d)" % (
+                response.endpoint, error.get("message") or error.get("error"),
+                code, response.status), response.status, code)
+        return sent, data
+
+    def _grant(self, deadline):
+        last = None
+        for prefix in self.PREFIXES:
+            self.prefix = prefix
+            try:
+                return self._call("/lease/grant", {"TTL": self.ttl}, deadline)
+            except ApiNotServed as e:
+                last = e
+        raise ApiNotServed("%s does not serve the v3 API (no /v3 gateway: etcd older "
+                           "than 3.3?); set api = v2" % last)
+
+    def acquire(self, deadline):
+        sent, data = self._grant(deadline)
+        self.lease = data.get("ID")
+        ttl = _int(data.get("TTL"))
+        if not self.lease or ttl <= 0:
+            raise TransportError("%s granted no usable lease: %r" % (
+                self.transport.endpoint, data))
+        try:
+            # Put our key only if it was never created (create_revision 0);
+            # otherwise read the holder, to name it.
+            _, data = self._call("/kv/txn", {
+                "compare": [{"target": "CREATE", "key": self.key, "create_revision": "0"}],
+                "success": [{"request_put": {"key": self.key, "value": self._b64(self.value),
+                                             "lease": self.lease}}],
+                "failure": [{"request_range": {"key": self.key}}],
+            }, deadline)
+            if data.get("succeeded"):
+                self.revision = data.get("header", {}).get("revision")
+            else:
+                kvs = _first_range(data)
+                holder = self._unb64(kvs[0].get("value", "")) if kvs else None
+                if holder != self.value:
+                    raise LockContended(holder)
+                # Our own put, answered on a connection that broke.
+                self.revision = kvs[0].get("create_revision")
+            if not self.revision:
+                raise TransportError("%s answered a put without a revision: %r" % (
+                    self.transport.endpoint, data))
+        except BaseException:
+            self._revoke(deadline)
+            raise
+        return sent + min(ttl, self.ttl)
+
+    def refresh(self, deadline):
+        sent, data = self._call("/lease/keepalive", {"ID": self.lease}, deadline)
+        ttl = _int(data.get("result", {}).get("TTL"))
+        if ttl <= 0:
+            # An expired or revoked lease still answers 200, only without a TTL.
+            raise LockLost("lease %s of key %s expired or was revoked" % (self.lease, self.path))
+        # A keepalive only proves the lease; prove the key with a linearizable read.
+        _, data = self._call("/kv/range", {"key": self.key}, deadline)
+        kvs = data.get("kvs") or []
+        if not kvs:
+            raise LockLost("key %s is gone (deleted)" % self.path)
+        kv = kvs[0]
+        if kv.get("create_revision") != self.revision or kv.get("lease") != self.lease:
+            raise LockLost("key %s was replaced (now held by %s)"
+                           % (self.path, self._unb64(kv.get("value", ""))))
+        return sent + min(ttl, self.ttl)
+
+    def release(self, deadline):
+        if self.revision is not None:
+            revision, self.revision = self.revision, None
+            _, data = self._call("/kv/txn", {
+                "compare": [{"target": "CREATE", "key": self.key,
+                             "create_revision": revision}],
+                "success": [{"request_delete_range": {"key": self.key}}],
+            }, deadline)
+            if data.get("succeeded"):
+                self.log.info("released v3 key %s" % self.path)
+            else:
+                self.log.info("v3 key %s was no longer ours; left it alone" % self.path)
+        self._revoke(deadline)
+
+    def _revoke(self, deadline):
+        if self.lease is None:
+            return
+        lease, self.lease = self.lease, None
+        try:
+            self._call("/lease/revoke", {"ID": lease}, deadline)
+        except EtcdError as e:
+            if e.status != 404:  # 404: the lease had expired already
+                raise
+
+
+def _int(text):
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _first_range(txn):
+    for answer in txn.get("responses") or []:
+        kvs = answer.get("response_range", {}).get("kvs")
+        if kvs:
+            return kvs
+    return []
+
+
+class LockSet:
+    """Several locks held as one (api = auto): all of them, or none.
+
+    Locks whose API the server does not serve are skipped; a lock lost is
+    the whole set lost; on contention what was taken is given back first.
+    """
+
+    def __init__(self, locks, log):
+        self.candidates = locks
+        self.held = []
+        self.log = log
+        self.api = "+".join(lock.api for lock in locks)
+
+    def acquire(self, deadline):
+        valid_until = []
+        try:
+            for lock in self.candidates:
+                try:
+                    valid_until.append(lock.acquire(deadline))
+                except ApiNotServed as e:
+                    self.log.debug("skipping %s: %s" % (lock.api, e))
+                    continue
+                self.held.append(lock)
+        except BaseException:
+            self.release(deadline)
+            raise
+        if not self.held:
+            raise ApiNotServed("%s serves neither the v2 nor the v3 API; is it etcd?"
+                               % self.candidates[0].transport.endpoint)
+        self.api = "+".join(lock.api for lock in self.held)
+        return min(valid_until)
+
+    def refresh(self, deadline):
+        return min(lock.refresh(deadline) for lock in self.held)
+
+    def release(self, deadline):
+        errors = []
+        for lock in reversed(self.held):
+            try:
+                lock.release(deadline)
+            except EtcdLockError as e:
+                errors.append(e)
+        self.held = []
+        if errors:
+            raise errors[0]
+
+
+def make_lock(config, transport, value, log):
+    if config.api == "v2":
+        return V2Lock(transport, config, value, log)
+    if config.api == "v3":
+        return V3Lock(transport, config, value, log)
+    return LockSet([V3Lock(transport, config, value, log),
+                    V2Lock(transport, config, value, log)], log)
+
+
+# ---------------------------------------------------------------------------
+# The holder: after '0', refresh until told to stop, the parent goes, the
+# lock is lost, or its deadline comes.
+
+class ParentWatch:
+    """Tells when our original parent is gone; never watches PID 1."""
+
+    POLL = 0.25  # seconds between checks where no pidfd is to be had
+
+    def __init__(self, ppid):
+        self.ppid = ppid
+        self.fd = None
+        if ppid <= 1:
+            return
+        try:
+            self.fd = os.pidfd_open(ppid)  # Linux 5.3+, Python 3.9+
+        except (AttributeError, OSError):
+            self.fd = None
+
+    @property
+    def enabled(self):
+        return self.ppid > 1
+
+    def gone(self):
+        return self.enabled and os.getppid() != self.ppid
+
+    def wait(self, timeout):
+        """Sleep up to timeout seconds; True as soon as the parent is gone."""
+        import select
+        if not self.enabled:
+            time.sleep(max(timeout, 0))
+            return False
+        if self.fd is not None:
+            ready, _, _ = select.select([self.fd], [], [], max(timeout, 0))
+            return bool(ready) or self.gone()
+        deadline = time.monotonic() + timeout
+        while not self.gone():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, self.POLL))
+        return True
+
+
+class Holder:
+    """Holds an acquired lock: refreshes it, fences itself, and says why it stopped."""
+
+    def __init__(self, lock, config, log, parent, valid_until, clock=time.monotonic):
+        self.lock = lock
+        self.config = config
+        self.log = log
+        self.parent = parent
+        self.clock = clock
+        self.margin = config.lock_ttl * FENCE_SHARE
+        self.valid_until = valid_until
+
+    @property
+    def fence_at(self):
+        """When we stop believing we hold the lock."""
+        return self.valid_until - self.margin
+
+    def hold(self):
+        """Refresh until the parent goes (returns) or the lock is lost (raises).
+
+        SIGTERM arrives as Terminated, from wherever we are.
+        """
+        self._arm_backstop()
+        next_refresh = self.clock() + self.config.refresh
+        failures = 0
+        while True:
+            now = self.clock()
+            if now >= self.fence_at:
+                raise LockLost("no refresh of key %s succeeded for %.1fs; the lock could "
+                               "expire on etcd, so giving it up" % (
+                                   self.config.key,
+                                   now - (self.valid_until - self.config.lock_ttl)))
+            if self.parent.wait(min(next_refresh, self.fence_at) - now):
+                return "parent gone"
+            if self.clock() < next_refresh:
+                continue
+            next_refresh = self.clock() + self.config.refresh
+            try:
+                self.valid_until = self.lock.refresh(self.fence_at)
+            except (TransportError, EtcdError) as e:
+                # Not lost yet: try again until the fence.
+                failures += 1
+                self.log.info("refresh failed (%d in a row): %s" % (failures, e))
+                continue
+            if failures:
+                self.log.info("refresh works again after %d failures" % failures)
+                failures = 0
+            self._arm_backstop()
+
+    def _arm_backstop(self):
+        # Should anything block past the fence, SIGALRM ends the process
+        # halfway between the fence and the earliest expiry on the server.
+        at = (self.fence_at + self.valid_until) / 2
+        signal.setitimer(signal.ITIMER_REAL, max(at - self.clock(), 0.001))
+
+    def disarm(self):
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _backstop(signum, frame):
+    Log._write("lock lost - still blocked when the lock could expire on etcd; exiting")
+    os._exit(1)
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+def _ignore_signals():
+    """From here on we are cleaning up: let nothing interrupt that."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+def parse_args(argv):
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ConfigError("bad command line: %s; usage: %s [-v...] [-c FILE]"
+                              % (message, PROG))
+
+    parser = Parser(prog=PROG, description="CTDB cluster lock helper for etcd.")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more detail on stderr (-v, -vv, -vvv)")
+    parser.add_argument("-c", "--config", default=None,
+                        help="config file (default: $CTDB_BASE/etcd, CTDB_BASE "
+                             "defaulting to /etc/ctdb)")
+    return parser.parse_args(argv)
+
+
+class StatusPipe:
+    """stdout to ctdbd: one status character, once."""
+
+    def __init__(self, fd=1):
+        self.fd = fd
+        self.written = None
+
+    def write(self, status):
+        if self.written is None:
+            self.written = status
+            os.write(self.fd, status)
+
+
+def main(argv=None):
+    log = Log()
+    status = StatusPipe()
+    try:
+        return run(sys.argv[1:] if argv is None else argv, log, status)
+    except Exception as e:  # a bug of ours: still one line, never a traceback
+        log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
+        status.write(STATUS_ERROR)
+        return 3
+
+
+def run(argv, log, status):
+    # Take note of our parent before anything else: it may go at any time.
+    parent = ParentWatch(os.getppid())
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    try:
+        args = parse_args(argv)
+        log.verbose = args.verbose
+        path = args.config or os.path.join(os.environ.get("CTDB_BASE", "/etc/ctdb"), "etcd")
+        config = read_config(path, required=args.config is not None)
+        for name in config.ignored:
+            log.error("%s: setting %s is not implemented yet and is ignored"
+                      % (config.where(name), name))
+        config.lock_name = find_lock_name(config)
+        value = holder_value()
+    except ConfigError as e:
+        log.error("config error - %s" % e)
+        status.write(STATUS_ERROR)
+        return 3
+    except Terminated:
+        return 0
+
+    transport = Transport(config, log)
+    lock = make_lock(config, transport, value, log)
+    # Taking the lock may not take longer than the lock would live.
+    deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
+    try:
+        valid_until = lock.acquire(deadline)
+        if time.monotonic() >= valid_until - config.lock_ttl * FENCE_SHARE:
+            raise TransportError("etcd answered too late to trust the lock")
+    except LockContended as e:
+        log.info("lock %s is held by %s" % (config.key, e))
+        status.write(STATUS_CONTENDED)
+        return 1
+    except Terminated:
+        _ignore_signals()
+        _release_quietly(lock, time.monotonic() + 1, log)
+        return 0
+    except EtcdLockError as e:
+        _ignore_signals()
+        log.error("cannot take lock %s - %s" % (config.key, e))
+        _release_quietly(lock, time.monotonic() + 1, log)
+        status.write(STATUS_ERROR)
+        return 3
+
+    signal.signal(signal.SIGALRM, _backstop)
+    holder = Holder(lock, config, log, parent, valid_until)
+    try:
+        status.write(STATUS_HELD)
+        log.info("took lock %s (%s) as %s" % (config.key, lock.api, value))
+        why = holder.hold()
+    except Terminated:
+        why = "terminated"
+    except LockLost as e:
+        _ignore_signals()
+        holder.disarm()
+        log.error("lock lost - %s" % e)
+        return 1
+    _ignore_signals()
+    log.info("releasing lock %s: %s" % (config.key, why))
+    # Within what is left of the lock, and quickly once our parent is gone:
+    # ctdbd may already be racing for the lock again.
+    end = time.monotonic() + (0.4 if why == "parent gone" else config.read_timeout)
+    _release_quietly(lock, min(end, holder.fence_at), log)
+    holder.disarm()
+    return 0
+
+
+def _release_quietly(lock, deadline, log):
+    try:
+        lock.release(deadline)
+    except EtcdLockError as e:
+        log.error("could not release lock - %s; it expires by its TTL" % e)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
