@@ -1,0 +1,237 @@
+"""The holder's life, the same for every API on every etcd flavour:
+take, contend, hold past the TTL, release, parent gone, lock lost, fencing."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import HELPER, wait_for
+
+# Every API on every flavour that serves it (test_v2 checks api = v2 on an
+# etcd without v2).
+CASES = [("etcd34", "v2"), ("etcd34", "v3"), ("etcd34", "auto"),
+         ("etcd35", "v3"), ("etcd35", "auto")]
+
+
+@pytest.fixture(params=CASES, ids=["-".join(case) for case in CASES])
+def case(request):
+    return request.param
+
+
+@pytest.fixture
+def etcd(case, etcd_members):
+    return etcd_members(case[0])
+
+
+@pytest.fixture
+def api(case):
+    return case[1]
+
+
+def held_apis(api, etcd):
+    """The keyspaces a helper of this api holds the lock in on this etcd."""
+    if api == "auto":
+        return ["v3", "v2"] if etcd.serves_v2 else ["v3"]
+    return [api]
+
+
+def test_take_and_contend(etcd, api, spawn, key):
+    holder = spawn(etcd, api=api, args=())
+    assert holder.status() == "0"
+    for where in held_apis(api, etcd):
+        value = etcd.value(where, key)
+        assert value and "pid=%d" % holder.proc.pid in value
+    other = spawn(etcd, api=api, args=())
+    assert other.status() == "1"
+    assert other.wait() == 1
+    assert other.rest_of_stdout() == b""
+    assert other.stderr() == ""  # contention is silent
+    assert holder.running()
+    assert holder.terminate() == 0
+    assert holder.rest_of_stdout() == b""
+    assert holder.stderr() == ""  # and so is a good run
+
+
+def test_holds_past_the_ttl(etcd, api, spawn, key):
+    holder = spawn(etcd, api=api, lock_ttl=2, refresh=0.5)
+    assert holder.status() == "0"
+    first = {where: etcd.value(where, key) for where in held_apis(api, etcd)}
+    end = time.monotonic() + 4  # twice the TTL
+    while time.monotonic() < end:
+        time.sleep(0.25)
+        assert holder.running(), holder.stderr()
+        assert {where: etcd.value(where, key) for where in held_apis(api, etcd)} == first
+    assert spawn(etcd, api=api).status() == "1"
+    holder.terminate()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_releases(etcd, api, spawn, key, signum):
+    holder = spawn(etcd, api=api, args=())
+    assert holder.status() == "0"
+    leases = etcd.leases()
+    holder.proc.send_signal(signum)
+    assert holder.wait() == 0
+    assert holder.stderr() == ""
+    for where in held_apis(api, etcd):
+        assert etcd.value(where, key) is None, where
+    if "v3" in held_apis(api, etcd):
+        assert len(etcd.leases()) == len(leases) - 1  # our lease was revoked
+    again = spawn(etcd, api=api)
+    assert again.status() == "0"
+    again.terminate()
+
+
+def test_each_acquisition_has_its_own_value(etcd, api, spawn, key):
+    values = []
+    for _ in range(2):
+        holder = spawn(etcd, api=api)
+        assert holder.status() == "0"
+        values.append(etcd.value(held_apis(api, etcd)[0], key))
+        holder.terminate()
+    assert values[0] != values[1]
+
+
+def test_parent_gone_releases_within_half_a_second(etcd, api, spawn, key, tmp_path):
+    # A stand-in for ctdbd: starts the helper, then is killed.
+    config = tmp_path / "parent.conf"
+    config.write_text("port = %d\nlock_ttl = 3\nrefresh = 0.5\napi = %s\nlock_name = %s\n"
+                      % (etcd.port, api, key.rsplit("/", 1)[1]))
+    pidfile = tmp_path / "helper.pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import os, subprocess, sys, time\n"
+         "p = subprocess.Popen(sys.argv[1:])\n"
+         "open(%r, 'w').write(str(p.pid))\n"
+         "time.sleep(600)\n" % str(pidfile), HELPER, "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert parent.stdout.read(1) == b"0"
+        helper_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 5,
+                                  "the helper's pid"))
+        parent.kill()
+        parent.wait()
+        killed = time.monotonic()
+        wait_for(lambda: all(etcd.value(where, key) is None
+                             for where in held_apis(api, etcd)), 2, "the key to be released")
+        released = time.monotonic() - killed
+        wait_for(lambda: not _alive(helper_pid), 2, "the helper to exit")
+        assert released < 0.5 + 0.2, released  # 0.2 s for this test's own polling
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+        parent.stderr.close()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is gone as far as etcd is concerned; init reaps it.
+    with open("/proc/%d/stat" % pid) as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def _delete(etcd, where, key):
+    if where == "v2":
+        etcd.v2("DELETE", key)
+    else:
+        etcd.v3_delete(key)
+
+
+def _replace(etcd, where, key):
+    if where == "v2":
+        etcd.v2("PUT", key, value="someone else")
+    else:
+        etcd.v3_put(key, "someone else")
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_lock_no_longer_ours_exits_within_a_refresh(etcd, api, spawn, key, change):
+    holder = spawn(etcd, api=api, args=(), refresh=0.5)
+    assert holder.status() == "0"
+    where = held_apis(api, etcd)[-1]
+    (_delete if change == "deleted" else _replace)(etcd, where, key)
+    changed = time.monotonic()
+    holder.wait(timeout=3)
+    assert time.monotonic() - changed < 0.5 + 0.5  # one refresh interval, plus slack
+    lines = holder.stderr_lines()
+    assert len(lines) == 1 and lines[0].startswith("ctdb_etcd_lock: lock lost - "), lines
+    # Not re-created, and someone else's value left alone.
+    expected = None if change == "deleted" else "someone else"
+    assert etcd.value(where, key) == expected
+    assert holder.rest_of_stdout() == b""
+    if change == "replaced":
+        _delete(etcd, where, key)
+
+
+def test_lock_expired_while_helper_stopped(etcd, api, spawn, key):
+    holder = spawn(etcd, api=api, args=(), lock_ttl=2, refresh=0.5)
+    assert holder.status() == "0"
+    holder.proc.send_signal(signal.SIGSTOP)
+    wait_for(lambda: all(etcd.value(where, key) is None for where in held_apis(api, etcd)),
+             10, "the lock to expire on etcd")
+    holder.proc.send_signal(signal.SIGCONT)
+    holder.wait(timeout=3)
+    lines = holder.stderr_lines()
+    assert len(lines) == 1 and "lock lost" in lines[0], lines
+    for where in held_apis(api, etcd):
+        assert etcd.value(where, key) is None  # not re-created
+
+
+def test_etcd_paused_self_fences_before_the_ttl(own_etcd, spawn, key):
+    # read_timeout 60 must not matter: every wait is cut to the lock's deadline.
+    etcd = own_etcd
+    holder = spawn(etcd, api="auto", args=(), lock_ttl=3, refresh=0.5, read_timeout=60)
+    assert holder.status() == "0"
+    time.sleep(0.6)  # let one refresh pass, so the pause lands mid-hold
+    etcd.pause()
+    paused = time.monotonic()
+    try:
+        # The last good refresh was sent before the pause: the helper must
+        # be gone before pause + lock_ttl.
+        holder.wait(timeout=3)
+        gone = time.monotonic() - paused
+    finally:
+        etcd.resume()
+    assert gone < 3, gone
+    lines = holder.stderr_lines()
+    assert len(lines) == 1 and lines[0].startswith("ctdb_etcd_lock: lock lost - "), lines
+
+
+def test_refresh_survives_a_short_etcd_pause(own_etcd, spawn, key):
+    etcd = own_etcd
+    holder = spawn(etcd, api="auto", args=(), lock_ttl=4, refresh=0.5)
+    assert holder.status() == "0"
+    etcd.pause()
+    time.sleep(1.2)  # shorter than the fence (3.6 s after the last refresh)
+    etcd.resume()
+    time.sleep(1.5)
+    assert holder.running(), holder.stderr()
+    assert holder.terminate() == 0
+    assert holder.stderr() == ""
+
+
+def test_etcd_unreachable_is_an_error_naming_the_endpoint(spawn):
+    port = __import__("conftest").free_port()
+    helper = spawn(port=port, lock_name="x", args=())
+    assert helper.status() == "3"
+    lines = helper.stderr_lines()
+    assert len(lines) == 1, lines
+    assert "127.0.0.1:%d" % port in lines[0] and "refused" in lines[0]
+
+
+def test_etcd_stopped_then_back(own_etcd, spawn, key):
+    etcd = own_etcd
+    holder = spawn(etcd, api="auto", args=())
+    assert holder.status() == "0"
+    etcd.stop()
+    holder.wait(timeout=5)
+    assert "lock lost" in holder.stderr()
+    etcd.start()  # same data dir: the lease or TTL may still be running
+    wait_for(lambda: spawn(etcd, api="auto").status() == "0", 15, "the lock to be free again")
