@@ -116,7 +116,8 @@ class Log:
         self.verbose = verbose
 
     def error(self, message):
-        self._write(message)
+        if self.verbose >= 0:
+            self._write(message)
 
     def info(self, message):
         if self.verbose >= 1:
@@ -544,6 +545,9 @@ class V2Lock:
                 {"value": self.value, "ttl": self.ttl})
             self._check_ours(data)
             return self.sent + self.ttl
+        except ApiNotServed:
+            self.held_url = None
+            raise
         except EtcdError as e:
             if e.code != 105:  # 105: key already exists
                 raise
@@ -837,8 +841,10 @@ class ParentWatch:
         self.fd = None
         if ppid <= 1:
             return
+        # A pidfd turns "parent gone" into an event (Linux 5.3+, Python 3.9+);
+        # elsewhere, poll.
         try:
-            self.fd = os.pidfd_open(ppid)  # Linux 5.3+, Python 3.9+
+            self.fd = os.pidfd_open(ppid)  # novermin
         except (AttributeError, OSError):
             self.fd = None
 
@@ -1026,8 +1032,11 @@ def run(argv, log, status):
     except EtcdLockError as e:
         _ignore_signals()
         log.error("cannot take lock %s - %s" % (config.key, e))
-        _release_quietly(lock, time.monotonic() + 1, log)
         status.write(STATUS_ERROR)
+        # Give back whatever we may have taken (a create whose answer was
+        # lost); the status went first, so ctdbd need not wait for this.
+        # Log(-1): one line for the problem is enough.
+        _release_quietly(lock, time.monotonic() + 1, Log(log.verbose - 1))
         return 3
 
     signal.signal(signal.SIGALRM, _backstop)

@@ -1,0 +1,87 @@
+"""Answers a real etcd will not give (garbage, truncation, silence), from a
+fake server: status 3, one line naming the endpoint, never a traceback, and
+never a wait longer than the lock would live."""
+
+import socket
+import socketserver
+import threading
+import time
+
+import pytest
+
+ANSWERS = {
+    "garbage": b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!",
+    "html error": b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 12\r\n\r\n<html></html>"[:-1],
+    "json but not etcd's": b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n[]",
+    "truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"action\":",
+    "closed at once": b"",
+    "not http": b"SSH-2.0-OpenSSH_9.2\r\n",
+}
+
+
+class FakeEtcd:
+    def __init__(self, answer):
+        self.answer = answer
+        outer = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                self.request.recv(65536)
+                if outer.answer is None:  # hang: hold the connection, say nothing
+                    time.sleep(30)
+                    return
+                self.request.sendall(outer.answer)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake():
+    servers = []
+
+    def start(answer):
+        server = FakeEtcd(answer)
+        servers.append(server)
+        return server
+    yield start
+    for server in servers:
+        server.close()
+
+
+@pytest.mark.parametrize("api", ["v2", "v3", "auto"])
+@pytest.mark.parametrize("answer", sorted(ANSWERS))
+def test_bad_answers_are_one_error_line(fake, spawn, answer, api):
+    server = fake(ANSWERS[answer])
+    helper = spawn(port=server.port, api=api, args=())
+    assert helper.status() == "3"
+    lines = helper.stderr_lines()
+    assert len(lines) == 1, lines
+    assert "127.0.0.1:%d" % server.port in lines[0]
+    assert "Traceback" not in helper.stderr()
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_silent_server_times_out_within_the_lock_ttl(fake, spawn, api):
+    server = fake(None)
+    started = time.monotonic()
+    helper = spawn(port=server.port, api=api, lock_ttl=3, read_timeout=60, args=())
+    assert helper.status(timeout=10) == "3"
+    assert time.monotonic() - started < 3
+    lines = helper.stderr_lines()
+    assert len(lines) == 1 and "did not answer" in lines[0], lines
+
+
+def test_nothing_listening_names_the_endpoint(spawn):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    helper = spawn(port=port, args=())
+    assert helper.status() == "3"
+    assert "http://127.0.0.1:%d" % port in helper.stderr()
