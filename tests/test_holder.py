@@ -9,7 +9,9 @@ import time
 
 import pytest
 
-from conftest import HELPER, SYSTEM_PYTHON, wait_for
+import ctdb_etcd_lock
+from conftest import HELPER, SYSTEM_PYTHON
+from etcdmember import free_port, wait_for
 
 # Every API on every flavour that serves it (test_v2 checks api = v2 on an
 # etcd without v2).
@@ -225,7 +227,7 @@ def test_refresh_survives_a_short_etcd_pause(own_etcd, spawn, key):
 
 
 def test_etcd_unreachable_is_an_error_naming_the_endpoint(spawn):
-    port = __import__("conftest").free_port()
+    port = free_port()
     helper = spawn(port=port, lock_name="x", args=())
     assert helper.status() == "3"
     lines = helper.stderr_lines()
@@ -242,3 +244,39 @@ def test_etcd_stopped_then_back(own_etcd, spawn, key):
     assert "lock lost" in holder.stderr()
     etcd.start()  # same data dir: the lease or TTL may still be running
     wait_for(lambda: spawn(etcd, api="auto").status() == "0", 15, "the lock to be free again")
+
+
+def _sockets(pid):
+    links = []
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            links.append(os.readlink("/proc/%d/fd/%s" % (pid, fd)))
+        except FileNotFoundError:
+            pass
+    return sorted(link for link in links if link.startswith("socket:"))
+
+
+def test_one_connection_kept_while_holding(etcd, api, spawn, key):
+    holder = spawn(etcd, api=api, args=("-vv",), refresh=0.5)
+    assert holder.status() == "0"
+    sockets = _sockets(holder.proc.pid)
+
+    def requests_since_taken():
+        log = holder.stderr().split(" took lock ", 1)
+        return len(log) == 2 and log[1].count(" http://")
+    wait_for(lambda: requests_since_taken() >= 4, 5, "a few refreshes")
+    assert len(sockets) == 1 and _sockets(holder.proc.pid) == sockets
+    holder.terminate()
+
+
+def test_value_reads_the_same_in_both_apis(etcd34, spawn, key):
+    holder = spawn(etcd34, api="auto")
+    assert holder.status() == "0"
+    assert etcd34.v2_value(key) == etcd34.v3_value(key)
+    holder.terminate()
+
+
+def test_never_waits_for_pid_1():
+    # ctdb's cluster_mutex_helper.txt: "a helper should never wait for parent process ID 1".
+    assert not ctdb_etcd_lock.ParentWatch(1).enabled
+    assert not ctdb_etcd_lock.ParentWatch(1).gone()

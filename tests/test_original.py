@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from etcdmember import wait_for
 
 NEW_APIS = ["v2", "auto"]
 

@@ -3,7 +3,7 @@ that does not serve v2."""
 
 import pytest
 
-from conftest import wait_for
+from etcdmember import wait_for
 
 
 def test_key_has_the_ttl_and_keeps_its_identity(etcd34, spawn, key):

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from conftest import b64
+from etcdmember import b64
 
 
 def test_key_is_on_a_lease_of_lock_ttl(etcd, spawn, key):
