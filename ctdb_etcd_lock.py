@@ -393,7 +393,7 @@ def holder_value():
 class Response:
     def __init__(self, status, headers, body, endpoint):
         self.status = status
-        self.headers = headers
+        self.headers = headers  # lower-case names
         self.body = body
         self.endpoint = endpoint
 
@@ -412,6 +412,125 @@ class Response:
         return data
 
 
+class _Closed(Exception):
+    """The server closed the connection (or reset it) before answering."""
+
+
+class Connection:
+    """One HTTP/1.1 connection.  Every wait ends by an absolute deadline
+    (time.monotonic()), not merely each recv: a server that trickles bytes
+    cannot hold a request past the lock's deadline.
+
+    Small on purpose: etcd answers with Content-Length or chunked bodies,
+    and http.client would cost ssl and email modules we have no use for.
+    """
+
+    MAX_ANSWER = 1 << 20  # the biggest answer we read (a v2 directory listing)
+
+    def __init__(self, host, port, deadline, clock):
+        import socket
+        self.clock = clock
+        self.sock = socket.create_connection((host, port), timeout=self._left(deadline))
+        self.buffer = b""
+
+    def close(self):
+        self.sock.close()
+
+    def _left(self, deadline):
+        import socket
+        left = deadline - self.clock()
+        if left <= 0:
+            raise socket.timeout()
+        return left
+
+    def exchange(self, method, host, path, headers, body, deadline):
+        """Send one request; (status, headers, body, keep_alive)."""
+        lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s" % host,
+                 "Content-Length: %d" % len(body or b"")]
+        lines += ["%s: %s" % item for item in headers.items()]
+        self.sock.settimeout(self._left(deadline))
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
+        status_line = self._line(deadline, first=True)
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ValueError("not an HTTP answer: %r" % status_line[:40])
+        status = int(parts[1])
+        answer_headers = {}
+        while True:
+            line = self._line(deadline)
+            if not line:
+                break
+            name, colon, value = line.partition(b":")
+            if not colon:
+                raise ValueError("bad header line %r" % line[:40])
+            answer_headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        if "chunked" in answer_headers.get("transfer-encoding", "").lower():
+            data = self._chunked(deadline)
+        elif "content-length" in answer_headers:
+            length = int(answer_headers["content-length"])
+            if not 0 <= length <= self.MAX_ANSWER:
+                raise ValueError("answer of %d bytes" % length)
+            data = self._exactly(length, deadline)
+        else:  # the body ends where the connection does
+            data = self._until_closed(deadline)
+            answer_headers["connection"] = "close"
+        keep_alive = (parts[0] == b"HTTP/1.1"
+                      and answer_headers.get("connection", "").lower() != "close")
+        return status, answer_headers, data, keep_alive
+
+    def _fill(self, deadline, first=False):
+        self.sock.settimeout(self._left(deadline))
+        try:
+            chunk = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            if first:
+                raise _Closed() from None
+            raise
+        if not chunk:
+            if first:
+                raise _Closed()
+            raise ValueError("answer cut short")
+        self.buffer += chunk
+        if len(self.buffer) > self.MAX_ANSWER + 65536:
+            raise ValueError("answer too long")
+
+    def _line(self, deadline, first=False):
+        while b"\r\n" not in self.buffer:
+            if len(self.buffer) > 65536:
+                raise ValueError("header line too long")
+            self._fill(deadline, first=first and not self.buffer)
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def _exactly(self, length, deadline):
+        while len(self.buffer) < length:
+            self._fill(deadline)
+        data, self.buffer = self.buffer[:length], self.buffer[length:]
+        return data
+
+    def _chunked(self, deadline):
+        data = b""
+        while True:
+            size = int(self._line(deadline).split(b";")[0].strip(), 16)
+            if size == 0:
+                while self._line(deadline):  # trailers, up to the blank line
+                    pass
+                return data
+            if len(data) + size > self.MAX_ANSWER:
+                raise ValueError("answer too long")
+            data += self._exactly(size, deadline)
+            if self._line(deadline):
+                raise ValueError("chunk without its CRLF")
+
+    def _until_closed(self, deadline):
+        while True:
+            try:
+                self._fill(deadline)
+            except ValueError:  # closed: that is the end
+                data, self.buffer = self.buffer, b""
+                return data
+
+
 class Transport:
     """Requests to etcd over one kept-alive connection.
 
@@ -424,6 +543,7 @@ class Transport:
         self.log = log
         self.clock = clock
         self.endpoint = config.endpoint
+        self.host_header = config.endpoint.split("://", 1)[1]
         self._conn = None
 
     def close(self):
@@ -432,11 +552,9 @@ class Transport:
             self._conn = None
 
     def request(self, method, path, deadline, form=None, body=None):
-        import http.client
         import socket
-        timeout = min(self.config.read_timeout, deadline - self.clock())
-        if timeout <= 0:
-            raise TransportError("no time left to ask %s" % self.endpoint)
+        started = self.clock()
+        deadline = min(deadline, started + self.config.read_timeout)
         headers = {}
         if form is not None:
             from urllib.parse import urlencode
@@ -448,39 +566,38 @@ class Transport:
         self.log.trace("  body %r" % body)
         try:
             try:
-                answer, data = self._exchange(method, path, body, headers, timeout)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                answer = self._exchange(method, path, headers, body, deadline)
+            except _Closed:
                 # etcd may have closed the kept-alive connection while we
                 # slept; ask once more on a new one.
                 self.close()
-                timeout = min(timeout, deadline - self.clock())
-                if timeout <= 0:
-                    raise socket.timeout() from None
-                answer, data = self._exchange(method, path, body, headers, timeout)
+                answer = self._exchange(method, path, headers, body, deadline)
         except socket.timeout:
             self.close()
-            raise TransportError("%s did not answer within %.1fs" % (self.endpoint, timeout)) from None
-        except (OSError, http.client.HTTPException) as e:
+            raise TransportError("%s did not answer within %.1fs" % (
+                self.endpoint, self.clock() - started)) from None
+        except _Closed:
             self.close()
-            reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
-            raise TransportError("cannot talk to etcd at %s: %s" % (self.endpoint, reason)) from None
-        if answer.will_close:
+            raise TransportError("cannot talk to etcd at %s: connection closed "
+                                 "without an answer" % self.endpoint) from None
+        except ValueError as e:
             self.close()
-        self.log.trace("  HTTP %d %r" % (answer.status, data[:500]))
-        return Response(answer.status, answer.headers, data, self.endpoint)
+            raise TransportError("%s answered in a way etcd would not: %s" % (
+                self.endpoint, e)) from None
+        except OSError as e:
+            self.close()
+            raise TransportError("cannot talk to etcd at %s: %s" % (
+                self.endpoint, e.strerror or e)) from None
+        status, headers, data, keep_alive = answer
+        if not keep_alive:
+            self.close()
+        self.log.trace("  HTTP %d %r" % (status, data[:500]))
+        return Response(status, headers, data, self.endpoint)
 
-    def _exchange(self, method, path, body, headers, timeout):
-        import http.client
+    def _exchange(self, method, path, headers, body, deadline):
         if self._conn is None:
-            self._conn = http.client.HTTPConnection(
-                self.config.host, self.config.port, timeout=timeout)
-        elif self._conn.sock is not None:
-            self._conn.sock.settimeout(timeout)
-        else:
-            self._conn.timeout = timeout
-        self._conn.request(method, path, body=body, headers=headers)
-        answer = self._conn.getresponse()
-        return answer, answer.read()
+            self._conn = Connection(self.config.host, self.config.port, deadline, self.clock)
+        return self._conn.exchange(method, self.host_header, path, headers, body, deadline)
 
 
 # ---------------------------------------------------------------------------

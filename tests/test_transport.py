@@ -29,8 +29,10 @@ class FakeEtcd:
                 self.request.recv(65536)
                 if outer.answer is None:  # hang: hold the connection, say nothing
                     time.sleep(30)
-                    return
-                self.request.sendall(outer.answer)
+                elif callable(outer.answer):
+                    outer.answer(self.request)
+                else:
+                    self.request.sendall(outer.answer)
 
         self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -85,3 +87,24 @@ def test_nothing_listening_names_the_endpoint(spawn):
     helper = spawn(port=port, args=())
     assert helper.status() == "3"
     assert "http://127.0.0.1:%d" % port in helper.stderr()
+
+
+def trickle(sock):
+    """A byte every 0.2 s: each recv is quick, the answer never ends."""
+    try:
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        for _ in range(300):
+            sock.sendall(b" ")
+            time.sleep(0.2)
+    except OSError:
+        pass
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_trickling_server_cannot_stretch_the_deadline(fake, spawn, api):
+    server = fake(trickle)
+    started = time.monotonic()
+    helper = spawn(port=server.port, api=api, lock_ttl=3, read_timeout=60, args=())
+    assert helper.status(timeout=10) == "3"
+    assert time.monotonic() - started < 3
+    assert "did not answer within" in helper.stderr()
