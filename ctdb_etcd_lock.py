@@ -22,19 +22,19 @@ Design
 The lock is one etcd key, /_locks/<locks_dir>/<lock_name>, whose value names
 this holder (host, pnn, pid) and is unique to this acquisition.
 
-* v2 keys API: created with prevExist=false and a TTL, refreshed by
-  compare-and-swap on our value, released by compare-and-delete.
 * v3 JSON gateway: a lease of lock_ttl seconds, the key put by a transaction
   that succeeds only if the key has never been created, the lease kept alive.
+* v2 keys API: the original helper's layout (python-etcd's lock recipe).  The
+  key is a directory; each attempt queues an in-order entry with a TTL, and
+  the entry first by name holds the lock.  Ours is refreshed by
+  compare-and-swap on our value and released by compare-and-delete; a
+  contender removes its entry before it says so.  Speaking the original's
+  recipe, rather than a plain key, is what lets both run side by side: an
+  original helper checking at the end of a recovery sees '1' (contention),
+  where a plain key would make it fail with '3' and fail the recovery.
 * api = auto holds the v3 key and, where the server still serves v2, the v2
-  key as well: the two keyspaces do not exclude each other, and helpers of
-  the original (python-etcd) kind only know v2.
-
-The original helper left a *directory* at the key (python-etcd's lock
-recipe: one in-order child per attempt, the lowest child holds).  Where such
-a directory stands, this helper takes part in that recipe instead of
-deleting the directory: etcd cannot delete a directory on a condition, and
-an unconditional delete could remove a lock someone else has just taken.
+  lock as well: the two keyspaces do not exclude each other, and helpers of
+  the original kind only know v2.
 
 Self-fencing.  The helper never keeps running past the moment its lock could
 have expired on the server.  The lock is valid until the *send* time of the
@@ -43,7 +43,8 @@ than that); the helper gives the lock up a tenth of lock_ttl before then.
 Every request's timeout is cut to what is left, and a SIGALRM backstop ends
 the process if anything still blocks.  Only local monotonic time is trusted,
 so clocks may differ between hosts, but their rates must not differ by more
-than that margin.  There is no fencing token: a holder that is paused (say,
+than that margin.  (A v2 TTL is kept on the etcd members' wall clocks: v2
+also needs those in step, without jumps.)  There is no fencing token: a holder that is paused (say,
 SIGSTOP) longer than lock_ttl can wake up believing it holds the lock for a
 moment, as with any lease.
 
@@ -101,11 +102,23 @@ class LockContended(EtcdLockError):
 
 
 class LockLost(EtcdLockError):
-    """The lock was held, but is not ours any more (or cannot be proved to be)."""
+    """The lock was held, but is not ours any more (or cannot be proved to be).
+
+    ``fenced``: lost because no refresh got through in time (etcd silent),
+    rather than because etcd said so.
+    """
+
+    def __init__(self, message, fenced=False):
+        super().__init__(message)
+        self.fenced = fenced
 
 
 class Terminated(BaseException):
     """SIGTERM or SIGINT: give back what we hold and go."""
+
+
+class ParentGone(BaseException):
+    """Our original parent (ctdbd) is gone: give back what we hold and go."""
 
 
 # ---------------------------------------------------------------------------
@@ -149,7 +162,7 @@ class Setting:
         self.default = default
         self.parse = parse
         self.note = note
-        self.implemented = implemented
+        self.implemented = implemented  # False: accepted, said to be ignored
 
 
 def _integer(low, high=None):
@@ -176,18 +189,37 @@ def _seconds(text):
     return value
 
 
-def _word(choices):
+def _word(choices, hint=""):
     def parse(text):
         if text not in choices:
-            raise ValueError("%r is not one of %s" % (text, ", ".join(choices)))
+            raise ValueError("%r is not one of %s%s" % (
+                text, ", ".join(choices), "; " + hint if hint else ""))
         return text
     return parse
 
 
-def _text(text):
-    if not text:
-        raise ValueError("it is empty")
+def _host(text):
+    """A host name or address: no scheme, no port, no brackets."""
+    if not text or any(char in text for char in " \t/[]@"):
+        raise ValueError("%r is no host name or address (give the port as port = N, "
+                         "and no http://)" % text)
+    if ":" in text:
+        import socket
+        try:
+            socket.inet_pton(socket.AF_INET6, text)
+        except OSError:
+            raise ValueError("%r is no host name or address (give the port as "
+                             "port = N)" % text) from None
     return text
+
+
+def _cluster_id(text):
+    try:
+        int(text, 16)
+    except ValueError:
+        raise ValueError("%r is not a cluster id in hex, as etcd's X-Etcd-Cluster-Id "
+                         "header gives it" % text) from None
+    return text.lower()
 
 
 def _path_segments(what, allow_slash):
@@ -221,9 +253,10 @@ def _passthrough(text):
 
 
 SETTINGS = {
-    "host": Setting("127.0.0.1", _text, "etcd host name or address"),
+    "host": Setting("127.0.0.1", _host, "etcd host name or address"),
     "port": Setting(2379, _integer(1, 65535), "etcd client port"),
-    "protocol": Setting("http", _word(("http",)), "URL scheme to etcd"),
+    "protocol": Setting("http", _word(("http",), "TLS (https) is not implemented yet"),
+                        "URL scheme to etcd"),
     "version_prefix": Setting("/v2", _prefix, "path of etcd's v2 API"),
     "read_timeout": Setting(60.0, _seconds,
                             "longest wait for one answer (always cut to the lock's deadline)"),
@@ -233,14 +266,14 @@ SETTINGS = {
                          "directory below /_locks for CTDB's locks"),
     "lock_name": Setting(None, _lock_name, "name of the lock (default: netbios name)"),
     "api": Setting("auto", _word(("auto", "v2", "v3")), "etcd API: v2, v3 or auto"),
+    "expected_cluster_id": Setting(None, _cluster_id,
+                                   "refuse an etcd whose cluster id (hex) differs"),
 }
 # Names the original helper's code read for the same thing.
 ALIASES = {"lock_refresh": "refresh"}
 # python-etcd client settings the original passed through; accepted, not used yet.
-NOT_IMPLEMENTED = ("srv_domain", "allow_redirect", "cert", "ca_cert", "username",
-                   "password", "allow_reconnect", "use_proxies",
-                   "expected_cluster_id", "per_host_pool_size")
-for _name in NOT_IMPLEMENTED:
+for _name in ("srv_domain", "allow_redirect", "cert", "ca_cert", "username",
+              "password", "allow_reconnect", "use_proxies", "per_host_pool_size"):
     SETTINGS[_name] = Setting(None, _passthrough, "python-etcd client setting",
                               implemented=False)
 
@@ -253,35 +286,36 @@ class Config:
     number, for messages.
     """
 
-    def __init__(self, values, source=None, lines=None):
+    def __init__(self, values, source=None, lines=None, unknown=()):
         for name, setting in SETTINGS.items():
             setattr(self, name, values.get(name, setting.default))
         self.source = source
         self.lines = dict(lines or {})
-        self.ignored = [name for name in NOT_IMPLEMENTED if name in values]
+        # Warnings for the log: settings given but not used.
+        self.ignored = ["%s: setting %s is not implemented yet and is ignored"
+                        % (self.where(name), name)
+                        for name in sorted(values, key=self.lines.get)
+                        if not SETTINGS[name].implemented]
+        self.ignored += ["%s:%d: unknown setting %s is ignored" % (source, line, key)
+                         for line, key in unknown]
         self._check()
 
     def where(self, name):
-        """'FILE:LINE' of a setting, or 'the defaults'."""
+        """'FILE:LINE' of a setting, or where its default applies."""
         if name in self.lines:
             return "%s:%d" % (self.source, self.lines[name])
-        return "the default %s" % name
+        return "%s (default %s)" % (self.source or "$CTDB_BASE/etcd", name)
 
     def _check(self):
-        # Relations between settings, each message naming the values.
-        if self.refresh >= self.lock_ttl:
-            raise ConfigError("%s: refresh (%gs) must be less than lock_ttl (%ds); "
-                              "set refresh well below lock_ttl, e.g. refresh = %g"
-                              % (self.where("refresh"), self.refresh, self.lock_ttl,
-                                 self.lock_ttl / 4.0))
+        # Relations between settings, each message naming both values.
+        where = self.where("refresh" if "refresh" in self.lines else "lock_ttl")
         if self.refresh >= self.lock_ttl * (1 - FENCE_SHARE):
             # The helper gives the lock up FENCE_SHARE of lock_ttl early.
             raise ConfigError("%s: refresh (%gs) must be less than %g%% of lock_ttl "
                               "(%ds), or the lock could not be refreshed in time; "
                               "e.g. refresh = %g" % (
-                                  self.where("refresh"), self.refresh,
-                                  100 * (1 - FENCE_SHARE), self.lock_ttl,
-                                  self.lock_ttl / 4.0))
+                                  where, self.refresh, 100 * (1 - FENCE_SHARE),
+                                  self.lock_ttl, self.lock_ttl / 4.0))
 
     @property
     def endpoint(self):
@@ -313,7 +347,7 @@ def read_config(path, required):
         raise ConfigError("cannot read config file %s: %s; make it readable "
                           "UTF-8 text" % (path, getattr(e, "strerror", None) or e)) from None
 
-    values, lines = {}, {}
+    values, lines, unknown = {}, {}, []
     for number, line in enumerate(text.splitlines(), 1):
         where = "%s:%d" % (path, number)
         line = _strip_comment(line).strip()
@@ -326,8 +360,9 @@ def read_config(path, required):
         name = ALIASES.get(key, key)
         setting = SETTINGS.get(name)
         if setting is None:
-            raise ConfigError("%s: unknown setting %r; known settings are %s"
-                              % (where, key, ", ".join(sorted(SETTINGS))))
+            # The original ignored what it did not know; say so, and go on.
+            unknown.append((number, key))
+            continue
         if name in values:
             raise ConfigError("%s: %s is set again (first at line %d); keep one"
                               % (where, key, lines[name]))
@@ -336,7 +371,7 @@ def read_config(path, required):
         except ValueError as e:
             raise ConfigError("%s: bad %s: %s" % (where, key, e)) from None
         lines[name] = number
-    return Config(values, path, lines)
+    return Config(values, path, lines, unknown)
 
 
 def _strip_comment(line):
@@ -390,6 +425,57 @@ def holder_value():
 # ---------------------------------------------------------------------------
 # Transport: one HTTP connection to etcd, every request bounded by a deadline.
 
+class ParentWatch:
+    """Tells when our original parent (ctdbd) is gone; never watches PID 1.
+
+    Every wait of the helper goes through select() here, so "parent gone" is
+    noticed within POLL seconds even in the middle of a request.
+    """
+
+    POLL = 0.25  # seconds between checks where no pidfd is to be had
+
+    def __init__(self, ppid):
+        self.ppid = ppid
+        self.armed = ppid > 1
+        self.fd = None
+        if self.armed:
+            # A pidfd turns "parent gone" into an event (Linux 5.3+, Python
+            # 3.9+); elsewhere, poll.
+            try:
+                self.fd = os.pidfd_open(ppid)  # novermin
+            except (AttributeError, OSError):
+                self.fd = None
+
+    def gone(self):
+        return self.armed and os.getppid() != self.ppid
+
+    def disarm(self):
+        """Stop watching: we are on our way out already."""
+        self.armed = False
+
+    def select(self, readers, writers, timeout):
+        """select() that raises ParentGone once the parent is gone."""
+        import select
+        watch = self.armed and self.fd is not None
+        if self.armed and not watch:
+            timeout = min(timeout, self.POLL)
+        ready, writable, _ = select.select(readers + [self.fd] if watch else readers,
+                                           writers, [], max(timeout, 0))
+        if self.armed and ((watch and self.fd in ready) or self.gone()):
+            self.disarm()
+            raise ParentGone()
+        return [r for r in ready if r is not self.fd], writable
+
+    def sleep(self, timeout, clock=time.monotonic):
+        """Sleep up to timeout seconds, or raise ParentGone."""
+        end = clock() + timeout
+        while True:
+            left = end - clock()
+            if left <= 0:
+                return
+            self.select([], [], left)
+
+
 class Response:
     def __init__(self, status, headers, body, endpoint):
         self.status = status
@@ -406,14 +492,18 @@ class Response:
             data = None
         if not isinstance(data, dict):
             raise TransportError("%s answered HTTP %d with a body that is not etcd's "
-                                 "JSON (%r); check host and port point at etcd's "
+                                 "JSON (%r); check that host and port name etcd's "
                                  "client URL" % (self.endpoint, self.status,
                                                  self.body[:60]))
         return data
 
 
 class _Closed(Exception):
-    """The server closed the connection (or reset it) before answering."""
+    """The server closed (or reset) a kept-alive connection before answering."""
+
+
+class _NoTime(Exception):
+    """The deadline came."""
 
 
 class Connection:
@@ -427,30 +517,61 @@ class Connection:
 
     MAX_ANSWER = 1 << 20  # the biggest answer we read (a v2 directory listing)
 
-    def __init__(self, host, port, deadline, clock):
+    def __init__(self, addresses, deadline, clock, watch):
         import socket
         self.clock = clock
-        self.sock = socket.create_connection((host, port), timeout=self._left(deadline))
+        self.watch = watch
         self.buffer = b""
+        self.used = False  # a kept-alive connection etcd may have closed meanwhile
+        error = None
+        for family, kind, proto, _, address in addresses:
+            self.sock = socket.socket(family, kind, proto)
+            self.sock.setblocking(False)
+            try:
+                self._connect(address, deadline)
+                return
+            except OSError as e:
+                self.sock.close()
+                error = e
+        raise error
+
+    def _connect(self, address, deadline):
+        import errno
+        import socket
+        code = self.sock.connect_ex(address)
+        if code == errno.EINPROGRESS:
+            self._wait(deadline, write=True)
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
 
     def close(self):
         self.sock.close()
 
-    def _left(self, deadline):
-        import socket
-        left = deadline - self.clock()
-        if left <= 0:
-            raise socket.timeout()
-        return left
+    def _wait(self, deadline, write=False):
+        while True:
+            left = deadline - self.clock()
+            if left <= 0:
+                raise _NoTime()
+            readers, writers = self.watch.select([] if write else [self.sock],
+                                                 [self.sock] if write else [], left)
+            if readers or writers:
+                return
 
     def exchange(self, method, host, path, headers, body, deadline):
         """Send one request; (status, headers, body, keep_alive)."""
         lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s" % host,
                  "Content-Length: %d" % len(body or b"")]
         lines += ["%s: %s" % item for item in headers.items()]
-        self.sock.settimeout(self._left(deadline))
-        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""))
-        status_line = self._line(deadline, first=True)
+        reused, self.used = self.used, True
+        try:
+            self._send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""),
+                       deadline)
+            status_line = self._line(deadline, first=reused)
+        except (ConnectionResetError, BrokenPipeError):
+            if reused:
+                raise _Closed() from None
+            raise
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
             raise ValueError("not an HTTP answer: %r" % status_line[:40])
@@ -472,27 +593,41 @@ class Connection:
                 raise ValueError("answer of %d bytes" % length)
             data = self._exactly(length, deadline)
         else:  # the body ends where the connection does
-            data = self._until_closed(deadline)
+            while self._fill(deadline, eof_ok=True):
+                pass
+            data, self.buffer = self.buffer, b""
             answer_headers["connection"] = "close"
         keep_alive = (parts[0] == b"HTTP/1.1"
                       and answer_headers.get("connection", "").lower() != "close")
         return status, answer_headers, data, keep_alive
 
-    def _fill(self, deadline, first=False):
-        self.sock.settimeout(self._left(deadline))
-        try:
-            chunk = self.sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError):
-            if first:
-                raise _Closed() from None
-            raise
+    def _send(self, data, deadline):
+        while data:
+            self._wait(deadline, write=True)
+            try:
+                data = data[self.sock.send(data):]
+            except BlockingIOError:
+                pass
+
+    def _fill(self, deadline, first=False, eof_ok=False):
+        """Read more into the buffer; False at the end of the stream (if eof_ok)."""
+        while True:
+            self._wait(deadline)
+            try:
+                chunk = self.sock.recv(65536)
+                break
+            except BlockingIOError:
+                continue
         if not chunk:
             if first:
                 raise _Closed()
+            if eof_ok:
+                return False
             raise ValueError("answer cut short")
         self.buffer += chunk
         if len(self.buffer) > self.MAX_ANSWER + 65536:
             raise ValueError("answer too long")
+        return True
 
     def _line(self, deadline, first=False):
         while b"\r\n" not in self.buffer:
@@ -522,28 +657,24 @@ class Connection:
             if self._line(deadline):
                 raise ValueError("chunk without its CRLF")
 
-    def _until_closed(self, deadline):
-        while True:
-            try:
-                self._fill(deadline)
-            except ValueError:  # closed: that is the end
-                data, self.buffer = self.buffer, b""
-                return data
-
 
 class Transport:
     """Requests to etcd over one kept-alive connection.
 
     ``deadline`` on each request is a time.monotonic() value; the request
-    never waits past it nor past read_timeout.
+    never waits past it nor past read_timeout.  The host name is resolved
+    once, before the lock is taken: a resolver cannot be interrupted, so it
+    must not stand between a holder and its deadline.
     """
 
-    def __init__(self, config, log, clock=time.monotonic):
+    def __init__(self, config, log, watch, clock=time.monotonic):
         self.config = config
         self.log = log
+        self.watch = watch
         self.clock = clock
         self.endpoint = config.endpoint
         self.host_header = config.endpoint.split("://", 1)[1]
+        self._addresses = None
         self._conn = None
 
     def close(self):
@@ -551,8 +682,20 @@ class Transport:
             self._conn.close()
             self._conn = None
 
-    def request(self, method, path, deadline, form=None, body=None):
+    def _resolve(self):
         import socket
+        if self._addresses is None:
+            try:
+                self._addresses = socket.getaddrinfo(
+                    self.config.host, self.config.port, type=socket.SOCK_STREAM)
+            except (OSError, UnicodeError) as e:
+                raise TransportError("cannot resolve etcd host %r: %s; check host in %s"
+                                     % (self.config.host, getattr(e, "strerror", None) or e,
+                                        self.config.where("host"))) from None
+        return self._addresses
+
+    def request(self, method, path, deadline, form=None, body=None, retry=True):
+        """One request; ``retry``: safe to send again on a new connection."""
         started = self.clock()
         deadline = min(deadline, started + self.config.read_timeout)
         headers = {}
@@ -571,23 +714,33 @@ class Transport:
                 # etcd may have closed the kept-alive connection while we
                 # slept; ask once more on a new one.
                 self.close()
+                if not retry:
+                    raise
                 answer = self._exchange(method, path, headers, body, deadline)
-        except socket.timeout:
+        except _NoTime:
             self.close()
+            if self.clock() - started < 0.01:
+                raise TransportError("no time was left to ask %s" % self.endpoint) from None
             raise TransportError("%s did not answer within %.1fs" % (
                 self.endpoint, self.clock() - started)) from None
         except _Closed:
-            self.close()
-            raise TransportError("cannot talk to etcd at %s: connection closed "
-                                 "without an answer" % self.endpoint) from None
+            raise TransportError("%s closed the connection without an answer"
+                                 % self.endpoint) from None
         except ValueError as e:
             self.close()
             raise TransportError("%s answered in a way etcd would not: %s" % (
                 self.endpoint, e)) from None
         except OSError as e:
             self.close()
-            raise TransportError("cannot talk to etcd at %s: %s" % (
-                self.endpoint, e.strerror or e)) from None
+            raise TransportError("cannot talk to etcd at %s: %s; check that etcd runs "
+                                 "there, and host and port in %s" % (
+                                     self.endpoint, e.strerror or e,
+                                     self.config.source or "$CTDB_BASE/etcd")) from None
+        except BaseException:
+            # Interrupted (SIGTERM, parent gone) mid-request: the connection
+            # is out of step with its answers.
+            self.close()
+            raise
         status, headers, data, keep_alive = answer
         if not keep_alive:
             self.close()
@@ -596,7 +749,7 @@ class Transport:
 
     def _exchange(self, method, path, headers, body, deadline):
         if self._conn is None:
-            self._conn = Connection(self.config.host, self.config.port, deadline, self.clock)
+            self._conn = Connection(self._resolve(), deadline, self.clock, self.watch)
         return self._conn.exchange(method, self.host_header, path, headers, body, deadline)
 
 
@@ -605,38 +758,54 @@ class Transport:
 #
 #   acquire(deadline)  take the lock or raise LockContended; returns valid_until
 #   refresh(deadline)  extend it or raise LockLost; returns valid_until
-#   release(deadline)  give it back if it is still ours
+#   release(deadline)  give it back if it is still ours (safe to call always)
 #
 # valid_until is the monotonic time at which the lock may expire on the server
 # at the earliest: the send time of the request that set the TTL, plus the TTL.
+# An error etcd gives with a 4xx status is about the lock itself, and final;
+# 5xx and transport errors may pass, and are retried until the deadline.
 
 def _quote(path):
     from urllib.parse import quote
     return quote(path, safe="/")
 
 
+def check_cluster(config, cluster_id, endpoint):
+    """expected_cluster_id, as python-etcd checked it (hex)."""
+    if config.expected_cluster_id and cluster_id != config.expected_cluster_id:
+        raise EtcdLockError("etcd at %s belongs to cluster %s, not expected_cluster_id "
+                            "%s (%s); check host and port" % (
+                                endpoint, cluster_id, config.expected_cluster_id,
+                                config.where("expected_cluster_id")))
+
+
 class V2Lock:
-    """The lock as a key of etcd's v2 keys API."""
+    """The lock in etcd's v2 keys API, by the original helper's recipe: an
+    in-order entry in the lock's directory; the entry first by name holds."""
 
     api = "v2"
 
-    def __init__(self, transport, config, value, log):
+    def __init__(self, transport, config, value, log, required=True):
         self.transport = transport
+        self.config = config
         self.ttl = config.lock_ttl
         self.value = value
         self.log = log
+        self.required = required  # False: skip where etcd serves no v2 (api = auto)
         self.path = config.key
         self.url = config.version_prefix + "/keys" + _quote(config.key)
-        self.held_url = None  # the key we hold: the plain key, or our child
-        self.sent = None
+        self.entry = None  # the key of our entry, once etcd named it
 
     def _answer(self, response):
         """JSON of a v2 answer; ApiNotServed when v2 is switched off."""
         if response.status == 404 and b"errorCode" not in response.body:
-            raise ApiNotServed("%s does not serve the v2 API (etcd 3.6, or 3.4/3.5 "
-                               "without --enable-v2); set api = v3 (or auto)"
-                               % response.endpoint)
+            raise ApiNotServed("%s does not serve the v2 API at %s (etcd 3.6, or 3.4/3.5 "
+                               "without --enable-v2); set api = v3 (or auto), or fix "
+                               "version_prefix" % (response.endpoint,
+                                                   self.config.version_prefix))
         data = response.json()
+        check_cluster(self.config, response.headers.get("x-etcd-cluster-id"),
+                      response.endpoint)
         if "errorCode" in data:
             code = data.get("errorCode")
             raise EtcdError("etcd at %s: %s (v2 error %s, %s)" % (
@@ -647,100 +816,81 @@ class V2Lock:
                 response.endpoint, response.status, response.body[:60]))
         return data
 
-    def _request(self, method, url, deadline, form=None):
+    def _request(self, method, url, deadline, form=None, retry=True):
         sent = self.transport.clock()
-        return sent, self._answer(self.transport.request(method, url, deadline, form=form))
+        response = self.transport.request(method, url, deadline, form=form, retry=retry)
+        return sent, self._answer(response)
+
+    def _entry_url(self):
+        return self.url + "/" + _quote(self.entry.rsplit("/", 1)[-1])
+
+    def _first_entry(self, deadline):
+        """The entry that holds the lock now (python-etcd: first by key name)."""
+        _, data = self._request("GET", self.url + "?quorum=true", deadline)
+        entries = [node for node in data["node"].get("nodes") or [] if not node.get("dir")]
+        return min(entries, key=lambda node: node["key"]) if entries else None
 
     def acquire(self, deadline):
-        # 1. The usual case: create the plain key if nothing stands there.
-        #    Until etcd says otherwise the key may be ours: release() only
-        #    ever deletes it by our value, which nobody else has.
-        self.held_url = self.url
+        # 1. Queue our entry.  Not sent twice on a broken connection: a
+        #    second entry of ours would stand behind the first.
         try:
-            self.sent, data = self._request(
-                "PUT", self.url + "?prevExist=false", deadline,
-                {"value": self.value, "ttl": self.ttl})
-            self._check_ours(data)
-            return self.sent + self.ttl
-        except ApiNotServed:
-            self.held_url = None
-            raise
+            sent, data = self._request("POST", self.url, deadline,
+                                       {"value": self.value, "ttl": self.ttl}, retry=False)
         except EtcdError as e:
-            if e.code != 105:  # 105: key already exists
-                raise
-            self.held_url = None
-        # 2. Something stands there: another holder's key, or the original
-        #    helper's directory.
-        try:
-            _, data = self._request("GET", self.url + "?quorum=true", deadline)
-        except EtcdError as e:
-            if e.code == 100:  # gone again meanwhile: let the next try win it
-                raise LockContended("(the key came and went)") from None
+            if e.code == 104:  # not a directory: a plain key someone else wrote
+                raise LockContended(self._plain_value(deadline)) from None
             raise
         node = data["node"]
-        if not node.get("dir"):
-            if node.get("value") == self.value:
-                # Our own create, answered on a connection that broke.
-                self.held_url = self.url
-                return self.sent + self.ttl
-            raise LockContended(node.get("value"))
-        return self._acquire_in_directory(deadline)
-
-    def _acquire_in_directory(self, deadline):
-        # The original helper's recipe: queue an in-order child; the lowest holds.
-        try:
-            self.sent, data = self._request("POST", self.url, deadline,
-                                            {"value": self.value, "ttl": self.ttl})
-        except EtcdError as e:
-            if e.code == 104:  # the directory became a plain key: someone holds it
-                raise LockContended("(a new holder)") from None
-            raise
-        self._check_ours(data)
-        ours = data["node"]
-        self.held_url = self.url + "/" + _quote(ours["key"].rsplit("/", 1)[-1])
-        try:
-            _, data = self._request("GET", self.url + "?quorum=true", deadline)
-            children = data["node"].get("nodes") or []
-            first = min(children, key=lambda node: node.get("createdIndex", 0),
-                        default=None)
-        except BaseException:
+        if node.get("value") != self.value or not node.get("key", "").startswith(self.path + "/"):
+            raise TransportError("%s answered our write with %r" % (
+                self.transport.endpoint, node))
+        self.entry = node["key"]
+        # 2. Ours holds if it is first; otherwise take it back before saying
+        #    so (the original left its entry behind, blocking all for a TTL).
+        first = self._first_entry(deadline)
+        if first is None or first["key"] != self.entry:
             self.release(deadline)
-            raise
-        if first is None or first.get("key") != ours["key"]:
-            self.release(deadline)  # unlike the original, leave no child behind
-            raise LockContended(first.get("value") if first else "(unknown)")
-        return self.sent + self.ttl
+            raise LockContended(first.get("value") if first else "(nobody: our entry expired)")
+        return sent + self.ttl
 
-    def _check_ours(self, data):
-        if data["node"].get("value") != self.value:
-            raise TransportError("%s answered a write with a different value: %r"
-                                 % (self.transport.endpoint, data["node"].get("value")))
+    def _plain_value(self, deadline):
+        try:
+            return self._request("GET", self.url + "?quorum=true", deadline)[1]["node"].get("value")
+        except EtcdLockError:
+            return "(a plain key)"
 
     def refresh(self, deadline):
         try:
-            sent, data = self._request("PUT", self.held_url, deadline, {
+            sent, data = self._request("PUT", self._entry_url(), deadline, {
                 "refresh": "true", "prevValue": self.value, "ttl": self.ttl})
+            if data["node"].get("value") != self.value:
+                raise LockLost("v2 entry %s answered a refresh with another value" % self.entry)
+            first = self._first_entry(deadline)
         except EtcdError as e:
             if e.code == 100:
-                raise LockLost("key %s is gone (expired or deleted)" % self.path) from None
+                raise LockLost("v2 entry %s is gone (expired or deleted)" % self.entry) from None
             if e.code == 101:
-                raise LockLost("key %s no longer holds our value" % self.path) from None
+                raise LockLost("v2 entry %s no longer holds our value" % self.entry) from None
+            if e.status is not None and e.status < 500:
+                raise LockLost("refresh of v2 entry %s refused: %s" % (self.entry, e)) from None
             raise
-        self._check_ours(data)
-        self.sent = sent
+        if first is None or first["key"] != self.entry:
+            # python-etcd re-creates an expired entry under its old name.
+            raise LockLost("v2 entry %s is no longer first: %s holds the lock" % (
+                self.entry, first.get("value") if first else "nobody"))
         return sent + self.ttl
 
     def release(self, deadline):
-        if self.held_url is None:
+        if self.entry is None:
             return
-        url, self.held_url = self.held_url, None
+        url, self.entry = self._entry_url(), None
         try:
             self._request("DELETE", url + "?" + _form({"prevValue": self.value}), deadline)
-            self.log.info("released v2 key %s" % self.path)
+            self.log.info("released v2 lock %s" % self.path)
         except EtcdError as e:
             if e.code not in (100, 101):
                 raise
-            self.log.info("v2 key %s was no longer ours; left it alone" % self.path)
+            self.log.info("v2 entry in %s was no longer ours; left it alone" % self.path)
 
 
 def _form(fields):
@@ -754,14 +904,16 @@ class V3Lock:
     api = "v3"
     PREFIXES = ("/v3", "/v3beta")  # etcd 3.4+, etcd 3.3
 
-    def __init__(self, transport, config, value, log):
+    def __init__(self, transport, config, value, log, required=True):
         import base64
         self._b64 = lambda raw: base64.b64encode(raw.encode("utf-8")).decode("ascii")
         self._unb64 = lambda text: base64.b64decode(text).decode("utf-8", "replace")
         self.transport = transport
+        self.config = config
         self.ttl = config.lock_ttl
         self.value = value
         self.log = log
+        self.required = required
         self.path = config.key
         self.key = self._b64(config.key)
         self.prefix = None
@@ -782,21 +934,25 @@ class V3Lock:
             # a streamed answer (keepalive) says {"error": {...}}.
             error = data.get("error") if isinstance(data.get("error"), dict) else data
             code = error.get("code", error.get("grpc_code"))
-            raise EtcdError("etcd at %s: %s (v3 code %s, HTTP %d)" % (
+            status = error.get("http_code", response.status)
+            raise EtcdError("etcd at %s: %s (v3 code %s, HTTP %s)" % (
                 response.endpoint, error.get("message") or error.get("error"),
-                code, response.status), response.status, code)
+                code, status), _int(status), code)
+        header = data.get("header") or data.get("result", {}).get("header") or {}
+        if "cluster_id" in header:
+            check_cluster(self.config, format(_int(header["cluster_id"]), "x"),
+                          response.endpoint)
         return sent, data
 
     def _grant(self, deadline):
-        last = None
         for prefix in self.PREFIXES:
             self.prefix = prefix
             try:
                 return self._call("/lease/grant", {"TTL": self.ttl}, deadline)
-            except ApiNotServed as e:
-                last = e
+            except ApiNotServed:
+                pass
         raise ApiNotServed("%s does not serve the v3 API (no /v3 gateway: etcd older "
-                           "than 3.3?); set api = v2" % last)
+                           "than 3.3?); set api = v2" % self.transport.endpoint)
 
     def acquire(self, deadline):
         sent, data = self._grant(deadline)
@@ -805,62 +961,76 @@ class V3Lock:
         if not self.lease or ttl <= 0:
             raise TransportError("%s granted no usable lease: %r" % (
                 self.transport.endpoint, data))
-        try:
-            # Put our key only if it was never created (create_revision 0);
-            # otherwise read the holder, to name it.
-            _, data = self._call("/kv/txn", {
-                "compare": [{"target": "CREATE", "key": self.key, "create_revision": "0"}],
-                "success": [{"request_put": {"key": self.key, "value": self._b64(self.value),
-                                             "lease": self.lease}}],
-                "failure": [{"request_range": {"key": self.key}}],
-            }, deadline)
-            if data.get("succeeded"):
-                self.revision = data.get("header", {}).get("revision")
-            else:
-                kvs = _first_range(data)
-                holder = self._unb64(kvs[0].get("value", "")) if kvs else None
-                if holder != self.value:
-                    raise LockContended(holder)
-                # Our own put, answered on a connection that broke.
-                self.revision = kvs[0].get("create_revision")
-            if not self.revision:
-                raise TransportError("%s answered a put without a revision: %r" % (
-                    self.transport.endpoint, data))
-        except BaseException:
-            self._revoke(deadline)
-            raise
+        # Put our key only if it was never created (create_revision 0);
+        # otherwise read the holder, to name it.  (On failure, release()
+        # revokes the lease.)
+        _, data = self._call("/kv/txn", {
+            "compare": [{"target": "CREATE", "key": self.key, "create_revision": "0"}],
+            "success": [{"request_put": {"key": self.key, "value": self._b64(self.value),
+                                         "lease": self.lease}}],
+            "failure": [{"request_range": {"key": self.key}}],
+        }, deadline)
+        if data.get("succeeded"):
+            self.revision = data.get("header", {}).get("revision")
+        else:
+            kvs = _first_range(data)
+            holder = self._unb64(kvs[0].get("value", "")) if kvs else None
+            if holder != self.value:
+                self.release(deadline)
+                raise LockContended(holder)
+            # Our own put, answered on a connection that broke.
+            self.revision = kvs[0].get("create_revision")
+        if not self.revision:
+            raise TransportError("%s answered a put without a revision: %r" % (
+                self.transport.endpoint, data))
         return sent + min(ttl, self.ttl)
 
     def refresh(self, deadline):
-        sent, data = self._call("/lease/keepalive", {"ID": self.lease}, deadline)
-        ttl = _int(data.get("result", {}).get("TTL"))
-        if ttl <= 0:
-            # An expired or revoked lease still answers 200, only without a TTL.
-            raise LockLost("lease %s of key %s expired or was revoked" % (self.lease, self.path))
-        # A keepalive only proves the lease; prove the key with a linearizable read.
-        _, data = self._call("/kv/range", {"key": self.key}, deadline)
+        try:
+            sent, data = self._call("/lease/keepalive", {"ID": self.lease}, deadline)
+            ttl = _int(data.get("result", {}).get("TTL"))
+            if ttl <= 0:
+                # An expired or revoked lease still answers 200, only without a TTL.
+                raise LockLost("lease %s of key %s expired or was revoked"
+                               % (self.lease, self.path))
+            # A keepalive proves the lease only; prove the key with a
+            # linearizable read.
+            _, data = self._call("/kv/range", {"key": self.key}, deadline)
+        except EtcdError as e:
+            if e.status is not None and e.status < 500:
+                raise LockLost("refresh of key %s refused: %s" % (self.path, e)) from None
+            raise
         kvs = data.get("kvs") or []
         if not kvs:
+            self.revision = None
             raise LockLost("key %s is gone (deleted)" % self.path)
         kv = kvs[0]
-        if kv.get("create_revision") != self.revision or kv.get("lease") != self.lease:
+        if (kv.get("create_revision") != self.revision or kv.get("lease") != self.lease
+                or kv.get("value") != self._b64(self.value)):
+            self.revision = None  # not ours: release() must not touch it
             raise LockLost("key %s was replaced (now held by %s)"
                            % (self.path, self._unb64(kv.get("value", ""))))
         return sent + min(ttl, self.ttl)
 
     def release(self, deadline):
-        if self.revision is not None:
-            revision, self.revision = self.revision, None
-            _, data = self._call("/kv/txn", {
-                "compare": [{"target": "CREATE", "key": self.key,
-                             "create_revision": revision}],
-                "success": [{"request_delete_range": {"key": self.key}}],
-            }, deadline)
-            if data.get("succeeded"):
-                self.log.info("released v3 key %s" % self.path)
-            else:
-                self.log.info("v3 key %s was no longer ours; left it alone" % self.path)
-        self._revoke(deadline)
+        try:
+            if self.revision is not None:
+                revision, self.revision = self.revision, None
+                # Ours only while it has our create revision *and* our value:
+                # a plain put over the key keeps the first, not the second.
+                _, data = self._call("/kv/txn", {
+                    "compare": [{"target": "CREATE", "key": self.key,
+                                 "create_revision": revision},
+                                {"target": "VALUE", "key": self.key,
+                                 "value": self._b64(self.value)}],
+                    "success": [{"request_delete_range": {"key": self.key}}],
+                }, deadline)
+                if data.get("succeeded"):
+                    self.log.info("released v3 key %s" % self.path)
+                else:
+                    self.log.info("v3 key %s was no longer ours; left it alone" % self.path)
+        finally:
+            self._revoke(deadline)
 
     def _revoke(self, deadline):
         if self.lease is None:
@@ -891,8 +1061,9 @@ def _first_range(txn):
 class LockSet:
     """Several locks held as one (api = auto): all of them, or none.
 
-    Locks whose API the server does not serve are skipped; a lock lost is
-    the whole set lost; on contention what was taken is given back first.
+    A lock whose API the server does not serve is skipped unless required;
+    a lock lost is the whole set lost; on contention what was taken is
+    given back first.
     """
 
     def __init__(self, locks, log):
@@ -908,7 +1079,9 @@ class LockSet:
                 try:
                     valid_until.append(lock.acquire(deadline))
                 except ApiNotServed as e:
-                    self.log.debug("skipping %s: %s" % (lock.api, e))
+                    if lock.required:
+                        raise
+                    self.log.info("skipping the %s lock: %s" % (lock.api, e))
                     continue
                 self.held.append(lock)
         except BaseException:
@@ -924,8 +1097,9 @@ class LockSet:
         return min(lock.refresh(deadline) for lock in self.held)
 
     def release(self, deadline):
+        # Every candidate: one whose answer was lost may be ours all the same.
         errors = []
-        for lock in reversed(self.held):
+        for lock in reversed(self.candidates):
             try:
                 lock.release(deadline)
             except EtcdLockError as e:
@@ -940,64 +1114,24 @@ def make_lock(config, transport, value, log):
         return V2Lock(transport, config, value, log)
     if config.api == "v3":
         return V3Lock(transport, config, value, log)
-    return LockSet([V3Lock(transport, config, value, log),
-                    V2Lock(transport, config, value, log)], log)
+    # auto: v2 is optional unless its place was set by hand.
+    return LockSet([V3Lock(transport, config, value, log, required=False),
+                    V2Lock(transport, config, value, log,
+                           required="version_prefix" in config.lines)], log)
 
 
 # ---------------------------------------------------------------------------
 # The holder: after '0', refresh until told to stop, the parent goes, the
 # lock is lost, or its deadline comes.
 
-class ParentWatch:
-    """Tells when our original parent is gone; never watches PID 1."""
-
-    POLL = 0.25  # seconds between checks where no pidfd is to be had
-
-    def __init__(self, ppid):
-        self.ppid = ppid
-        self.fd = None
-        if ppid <= 1:
-            return
-        # A pidfd turns "parent gone" into an event (Linux 5.3+, Python 3.9+);
-        # elsewhere, poll.
-        try:
-            self.fd = os.pidfd_open(ppid)  # novermin
-        except (AttributeError, OSError):
-            self.fd = None
-
-    @property
-    def enabled(self):
-        return self.ppid > 1
-
-    def gone(self):
-        return self.enabled and os.getppid() != self.ppid
-
-    def wait(self, timeout):
-        """Sleep up to timeout seconds; True as soon as the parent is gone."""
-        import select
-        if not self.enabled:
-            time.sleep(max(timeout, 0))
-            return False
-        if self.fd is not None:
-            ready, _, _ = select.select([self.fd], [], [], max(timeout, 0))
-            return bool(ready) or self.gone()
-        deadline = time.monotonic() + timeout
-        while not self.gone():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            time.sleep(min(left, self.POLL))
-        return True
-
-
 class Holder:
     """Holds an acquired lock: refreshes it, fences itself, and says why it stopped."""
 
-    def __init__(self, lock, config, log, parent, valid_until, clock=time.monotonic):
+    def __init__(self, lock, config, log, watch, valid_until, clock=time.monotonic):
         self.lock = lock
         self.config = config
         self.log = log
-        self.parent = parent
+        self.watch = watch
         self.clock = clock
         self.margin = config.lock_ttl * FENCE_SHARE
         self.valid_until = valid_until
@@ -1008,35 +1142,44 @@ class Holder:
         return self.valid_until - self.margin
 
     def hold(self):
-        """Refresh until the parent goes (returns) or the lock is lost (raises).
+        """Refresh until the lock is lost (raises LockLost).
 
-        SIGTERM arrives as Terminated, from wherever we are.
+        SIGTERM arrives as Terminated and a parent gone as ParentGone, from
+        wherever we are.
         """
         self._arm_backstop()
-        next_refresh = self.clock() + self.config.refresh
-        failures = 0
+        # Count from the send time of what set the TTL, not from now.
+        next_refresh = self.valid_until - self.config.lock_ttl + self.config.refresh
+        failures, last_error = 0, None
         while True:
             now = self.clock()
             if now >= self.fence_at:
-                raise LockLost("no refresh of key %s succeeded for %.1fs; the lock could "
+                raise LockLost("no refresh of %s succeeded for %.1fs (%s); the lock could "
                                "expire on etcd, so giving it up" % (
                                    self.config.key,
-                                   now - (self.valid_until - self.config.lock_ttl)))
-            if self.parent.wait(min(next_refresh, self.fence_at) - now):
-                return "parent gone"
-            if self.clock() < next_refresh:
+                                   now - (self.valid_until - self.config.lock_ttl),
+                                   last_error or "etcd did not answer"), fenced=True)
+            if now < next_refresh:
+                self.watch.sleep(min(next_refresh, self.fence_at) - now, self.clock)
                 continue
-            next_refresh = self.clock() + self.config.refresh
+            next_refresh = now + self.config.refresh
+            # Leave time for another try on a new connection.
+            attempt_deadline = min(self.fence_at,
+                                   now + max(self.config.refresh, (self.fence_at - now) / 2))
             try:
-                self.valid_until = self.lock.refresh(self.fence_at)
+                self.valid_until = self.lock.refresh(attempt_deadline)
             except (TransportError, EtcdError) as e:
                 # Not lost yet: try again until the fence.
-                failures += 1
+                failures, last_error = failures + 1, e
                 self.log.info("refresh failed (%d in a row): %s" % (failures, e))
                 continue
+            except LockLost:
+                raise
+            except EtcdLockError as e:  # e.g. v2 switched off under us
+                raise LockLost(str(e)) from None
             if failures:
                 self.log.info("refresh works again after %d failures" % failures)
-                failures = 0
+                failures, last_error = 0, None
             self._arm_backstop()
 
     def _arm_backstop(self):
@@ -1059,7 +1202,7 @@ def _terminate(signum, frame):
 
 
 def _ignore_signals():
-    """From here on we are cleaning up: let nothing interrupt that."""
+    """From here on we are leaving: let no signal interrupt that."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
@@ -1094,7 +1237,10 @@ class StatusPipe:
     def write(self, status):
         if self.written is None:
             self.written = status
-            os.write(self.fd, status)
+            try:
+                os.write(self.fd, status)
+            except BrokenPipeError:
+                raise ParentGone() from None  # nobody reads: ctdbd is gone
 
 
 def main(argv=None):
@@ -1102,15 +1248,20 @@ def main(argv=None):
     status = StatusPipe()
     try:
         return run(sys.argv[1:] if argv is None else argv, log, status)
+    except (Terminated, ParentGone):
+        return 0
     except Exception as e:  # a bug of ours: still one line, never a traceback
         log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
-        status.write(STATUS_ERROR)
+        try:
+            status.write(STATUS_ERROR)
+        except ParentGone:
+            pass
         return 3
 
 
 def run(argv, log, status):
     # Take note of our parent before anything else: it may go at any time.
-    parent = ParentWatch(os.getppid())
+    watch = ParentWatch(os.getppid())
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
     try:
@@ -1118,72 +1269,70 @@ def run(argv, log, status):
         log.verbose = args.verbose
         path = args.config or os.path.join(os.environ.get("CTDB_BASE", "/etc/ctdb"), "etcd")
         config = read_config(path, required=args.config is not None)
-        for name in config.ignored:
-            log.error("%s: setting %s is not implemented yet and is ignored"
-                      % (config.where(name), name))
+        for warning in config.ignored:
+            log.error(warning)
         config.lock_name = find_lock_name(config)
         value = holder_value()
     except ConfigError as e:
+        _ignore_signals()
         log.error("config error - %s" % e)
         status.write(STATUS_ERROR)
         return 3
-    except Terminated:
-        return 0
 
-    transport = Transport(config, log)
+    transport = Transport(config, log, watch)
     lock = make_lock(config, transport, value, log)
-    # Taking the lock may not take longer than the lock would live.
-    deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
     try:
+        # Taking the lock may not take longer than the lock would live.
+        deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
         valid_until = lock.acquire(deadline)
         if time.monotonic() >= valid_until - config.lock_ttl * FENCE_SHARE:
             raise TransportError("etcd answered too late to trust the lock")
+        holder = Holder(lock, config, log, watch, valid_until)
+        signal.signal(signal.SIGALRM, _backstop)
+        status.write(STATUS_HELD)
+        log.info("took lock %s (%s) as %s" % (config.key, lock.api, value))
+        holder.hold()
     except LockContended as e:
+        _ignore_signals()  # ctdbd sends SIGTERM the moment it reads '1'
         log.info("lock %s is held by %s" % (config.key, e))
         status.write(STATUS_CONTENDED)
         return 1
-    except Terminated:
+    except (Terminated, ParentGone) as e:
         _ignore_signals()
-        _release_quietly(lock, time.monotonic() + 1, log)
+        watch.disarm()
+        why = "terminated" if isinstance(e, Terminated) else "parent gone"
+        if status.written == STATUS_HELD:
+            log.info("releasing lock %s: %s" % (config.key, why))
+        # Quickly: once our parent is gone, ctdbd may be racing for the lock.
+        _release(lock, time.monotonic() + (0.4 if why == "parent gone" else 2), log,
+                 quiet=status.written != STATUS_HELD)
         return 0
+    except LockLost as e:
+        _ignore_signals()
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        log.error("lock lost - %s" % e)
+        if not e.fenced:  # etcd answers: give back what may still be ours
+            _release(lock, time.monotonic() + 1, log, quiet=True)
+        return 1
     except EtcdLockError as e:
         _ignore_signals()
         log.error("cannot take lock %s - %s" % (config.key, e))
         status.write(STATUS_ERROR)
         # Give back whatever we may have taken (a create whose answer was
         # lost); the status went first, so ctdbd need not wait for this.
-        # Log(-1): one line for the problem is enough.
-        _release_quietly(lock, time.monotonic() + 1, Log(log.verbose - 1))
+        _release(lock, time.monotonic() + 1, log, quiet=True)
         return 3
 
-    signal.signal(signal.SIGALRM, _backstop)
-    holder = Holder(lock, config, log, parent, valid_until)
-    try:
-        status.write(STATUS_HELD)
-        log.info("took lock %s (%s) as %s" % (config.key, lock.api, value))
-        why = holder.hold()
-    except Terminated:
-        why = "terminated"
-    except LockLost as e:
-        _ignore_signals()
-        holder.disarm()
-        log.error("lock lost - %s" % e)
-        return 1
-    _ignore_signals()
-    log.info("releasing lock %s: %s" % (config.key, why))
-    # Within what is left of the lock, and quickly once our parent is gone:
-    # ctdbd may already be racing for the lock again.
-    end = time.monotonic() + (0.4 if why == "parent gone" else config.read_timeout)
-    _release_quietly(lock, min(end, holder.fence_at), log)
-    holder.disarm()
-    return 0
 
-
-def _release_quietly(lock, deadline, log):
+def _release(lock, deadline, log, quiet=False):
+    """Give the lock back; a failure is one line (at -v only, if quiet)."""
     try:
         lock.release(deadline)
     except EtcdLockError as e:
-        log.error("could not release lock - %s; it expires by its TTL" % e)
+        (log.info if quiet else log.error)(
+            "could not release lock - %s; it expires by its TTL" % e)
+    except ParentGone:
+        pass
 
 
 if __name__ == "__main__":

@@ -124,9 +124,22 @@ class Etcd:
                                  body, headers)
         return status, json.loads(data)
 
-    def v2_value(self, key):
+    def v2_entries(self, key):
+        """The lock's queue (the original's recipe): entries, first by name first."""
         status, data = self.v2("GET", key, quorum="true")
-        return data["node"].get("value") if status == 200 else None
+        if status != 200 or not data["node"].get("dir"):
+            return []
+        return sorted(data["node"].get("nodes") or [], key=lambda node: node["key"])
+
+    def v2_value(self, key):
+        """The value of whoever holds the v2 lock: the first entry, or a plain key."""
+        status, data = self.v2("GET", key, quorum="true")
+        if status != 200:
+            return None
+        if not data["node"].get("dir"):
+            return data["node"].get("value")
+        entries = self.v2_entries(key)
+        return entries[0]["value"] if entries else None
 
     def v3(self, method, payload):
         status, data = self.http("POST", "/v3" + method, json.dumps(payload).encode(),
@@ -150,6 +163,10 @@ class Etcd:
 
     def v3_delete(self, key):
         return self.v3("/kv/deleterange", {"key": b64(key)})
+
+    def cluster_id(self):
+        """In hex, as the v2 X-Etcd-Cluster-Id header (and python-etcd) give it."""
+        return format(int(self.v3("/kv/range", {"key": b64("x")})["header"]["cluster_id"]), "x")
 
     def leases(self):
         return [lease["ID"] for lease in self.v3("/lease/leases", {}).get("leases") or []]

@@ -32,11 +32,15 @@ BAD_FILES = [
     ("refresh zero", "refresh = 0\n", ["etcd:1", "refresh"]),
     ("refresh not a number", "refresh = soon\n", ["etcd:1", "refresh", "soon"]),
     ("read_timeout negative", "read_timeout = -1\n", ["etcd:1", "read_timeout"]),
-    ("unknown setting", "lock_tll = 9\n", ["etcd:1", "lock_tll", "unknown setting"]),
     ("set twice", "port = 1\nport = 2\n", ["etcd:2", "port", "line 1"]),
     ("empty key", "= 3\n", ["etcd:1", "key = value"]),
     ("bad api", "api = v4\n", ["etcd:1", "api", "v4"]),
-    ("https not yet", "protocol = https\n", ["etcd:1", "protocol", "https"]),
+    ("https not yet", "protocol = https\n", ["etcd:1", "protocol", "https", "TLS"]),
+    ("host with port", "host = 127.0.0.1:2379\n", ["etcd:1", "host", "port = N"]),
+    ("host as URL", "host = http://etcd1\n", ["etcd:1", "host", "http://"]),
+    ("lock_ttl too small for the default refresh", "lock_ttl = 2\n",
+     ["etcd:1", "refresh (2s)", "lock_ttl (2s)"]),
+    ("cluster id not hex", "expected_cluster_id = zz\n", ["etcd:1", "expected_cluster_id"]),
     ("lock_name with slash", "lock_name = a/b\n", ["etcd:1", "lock_name", "/"]),
     ("lock_name dot dot", "lock_name = ..\n", ["etcd:1", "lock_name", ".."]),
     ("lock_name empty", "lock_name =\n", ["etcd:1", "lock_name"]),
@@ -103,7 +107,7 @@ def test_comments_blank_lines_and_alias(spawn, tmp_path, etcd34, key, lock_name)
         "api = v2 # the original's API\n" % (etcd34.port, lock_name))
     helper = spawn(config=str(path), args=())
     assert helper.status() == "0"
-    assert etcd34.v2("GET", key)[1]["node"]["ttl"] <= 3
+    assert etcd34.v2_entries(key)[0]["ttl"] <= 3
     helper.terminate()
     assert helper.stderr() == ""
 
@@ -150,3 +154,25 @@ def test_pnn_unknown_when_ctdb_does_not_answer(spawn, etcd34, key):
     assert helper.status() == "0"
     assert " pnn=? " in etcd34.v2_value(key)
     helper.terminate()
+
+
+def test_unknown_setting_is_said_and_ignored(spawn, tmp_path, etcd34, lock_name):
+    # The original ignored keys it did not know; a config it took still works.
+    path = write_config(str(tmp_path / "etcd"), {
+        "port": etcd34.port, "lock_tll": 30, "lock_name": lock_name})
+    helper = spawn(config=path, args=())
+    assert helper.status() == "0"
+    helper.terminate()
+    assert helper.stderr_lines() == [
+        "ctdb_etcd_lock: %s:2: unknown setting lock_tll is ignored" % path]
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_expected_cluster_id(spawn, tmp_path, etcd34, lock_name, api):
+    cluster = etcd34.cluster_id()
+    right = spawn(etcd34, api=api, expected_cluster_id=cluster)
+    assert right.status() == "0"
+    right.terminate()
+    wrong = spawn(etcd34, api=api, args=(), expected_cluster_id="abc")
+    line = one_error_line(wrong)
+    assert "belongs to cluster %s, not expected_cluster_id abc" % cluster in line

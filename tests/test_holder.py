@@ -148,14 +148,14 @@ def _alive(pid):
 
 def _delete(etcd, where, key):
     if where == "v2":
-        etcd.v2("DELETE", key)
+        etcd.v2("DELETE", etcd.v2_entries(key)[0]["key"])
     else:
         etcd.v3_delete(key)
 
 
 def _replace(etcd, where, key):
     if where == "v2":
-        etcd.v2("PUT", key, value="someone else")
+        etcd.v2("PUT", etcd.v2_entries(key)[0]["key"], value="someone else")
     else:
         etcd.v3_put(key, "someone else")
 
@@ -278,5 +278,60 @@ def test_value_reads_the_same_in_both_apis(etcd34, spawn, key):
 
 def test_never_waits_for_pid_1():
     # ctdb's cluster_mutex_helper.txt: "a helper should never wait for parent process ID 1".
-    assert not ctdb_etcd_lock.ParentWatch(1).enabled
+    assert not ctdb_etcd_lock.ParentWatch(1).armed
     assert not ctdb_etcd_lock.ParentWatch(1).gone()
+
+
+def test_sigterm_right_after_contention_is_quiet(etcd, api, spawn):
+    # ctdbd sends SIGTERM the moment it reads '1' (every end-of-recovery check).
+    holder = spawn(etcd, api=api)
+    assert holder.status() == "0"
+    for _ in range(8):
+        other = spawn(etcd, api=api, args=())
+        assert other.status() == "1"
+        other.proc.send_signal(signal.SIGTERM)
+        other.wait()
+        assert other.stderr() == ""
+    holder.terminate()
+
+
+def test_nobody_reading_the_status_releases(etcd, api, spawn, key):
+    # ctdbd gone before the lock was taken: the '0' cannot be written.
+    holder = spawn(etcd, api=api, args=())
+    holder.proc.stdout.close()
+    holder.wait()
+    assert holder.stderr() == ""
+    for where in held_apis(api, etcd):
+        assert etcd.value(where, key) is None
+
+
+def test_parent_gone_while_etcd_is_silent(own_etcd, spawn, tmp_path, key):
+    # A refresh in flight to a paused etcd must not hide the parent's end.
+    etcd = own_etcd
+    config = tmp_path / "parent.conf"
+    config.write_text("port = %d\nlock_ttl = 6\nrefresh = 0.5\nlock_name = %s\n"
+                      % (etcd.port, key.rsplit("/", 1)[1]))
+    pidfile = tmp_path / "helper.pid"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time\n"
+         "p = subprocess.Popen(sys.argv[1:])\n"
+         "open(%r, 'w').write(str(p.pid))\n"
+         "time.sleep(600)\n" % str(pidfile), HELPER, "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert parent.stdout.read(1) == b"0"
+        helper_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 5,
+                                  "the helper's pid"))
+        etcd.pause()
+        time.sleep(0.7)  # a refresh is now waiting on etcd
+        parent.kill()
+        parent.wait()
+        killed = time.monotonic()
+        wait_for(lambda: not _alive(helper_pid), 3, "the helper to exit")
+        assert time.monotonic() - killed < 0.5 + 0.2
+    finally:
+        etcd.resume()
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+        parent.stderr.close()

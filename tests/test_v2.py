@@ -6,17 +6,20 @@ import pytest
 from etcdmember import wait_for
 
 
-def test_key_has_the_ttl_and_keeps_its_identity(etcd34, spawn, key):
+def test_lock_is_an_entry_in_the_originals_layout(etcd34, spawn, key):
     helper = spawn(etcd34, api="v2", lock_ttl=3, refresh=0.5)
     assert helper.status() == "0"
-    node = etcd34.v2("GET", key)[1]["node"]
-    assert 0 < node["ttl"] <= 3 and not node.get("dir")
-    created = node["createdIndex"]
-    # Refreshes are compare-and-swaps on the same key, not new keys.
-    wait_for(lambda: etcd34.v2("GET", key)[1]["node"]["modifiedIndex"] > node["modifiedIndex"],
+    status, data = etcd34.v2("GET", key)
+    assert data["node"].get("dir")  # python-etcd's lock recipe: a directory of entries
+    [entry] = etcd34.v2_entries(key)
+    assert "pid=%d" % helper.proc.pid in entry["value"]
+    assert 0 < entry["ttl"] <= 3
+    # Refreshes are compare-and-swaps on the same entry, not new entries.
+    wait_for(lambda: etcd34.v2_entries(key)[0]["modifiedIndex"] > entry["modifiedIndex"],
              3, "a refresh")
-    assert etcd34.v2("GET", key)[1]["node"]["createdIndex"] == created
+    assert [e["key"] for e in etcd34.v2_entries(key)] == [entry["key"]]
     helper.terminate()
+    assert etcd34.v2_entries(key) == []
 
 
 @pytest.mark.parametrize("name", ["Café + 50% ?x", "a#b", "NB-1.example"])
@@ -25,8 +28,24 @@ def test_lock_names_are_escaped(etcd34, spawn, name):
     assert helper.status() == "0"
     status, data = etcd34.v2("GET", "/_locks/_ctdb/" + name)
     assert status == 200 and data["node"]["key"] == "/_locks/_ctdb/" + name
+    assert etcd34.v2_value("/_locks/_ctdb/" + name).startswith("host=")
     helper.terminate()
-    assert etcd34.v2("GET", "/_locks/_ctdb/" + name)[0] == 404
+    assert etcd34.v2_entries("/_locks/_ctdb/" + name) == []
+
+
+def test_an_entry_put_before_ours_is_the_lock_lost(etcd34, spawn, key):
+    # python-etcd re-creates an expired entry under its old, lower name.
+    helper = spawn(etcd34, api="v2", args=(), refresh=0.5)
+    assert helper.status() == "0"
+    [ours] = etcd34.v2_entries(key)
+    earlier = key + "/" + "0" * 19 + "1"
+    etcd34.v2("PUT", earlier, value="an original helper", ttl=30)
+    helper.wait(timeout=3)
+    lines = helper.stderr_lines()
+    assert len(lines) == 1 and "no longer first" in lines[0], lines
+    # It gave its own entry back, and left the other alone.
+    assert [e["key"] for e in etcd34.v2_entries(key)] == [earlier]
+    etcd34.v2("DELETE", earlier)
 
 
 def test_nested_locks_dir(etcd34, spawn, lock_name):

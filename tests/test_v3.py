@@ -39,16 +39,23 @@ def test_lease_revoked_from_under_the_holder(etcd, spawn, key):
     assert etcd.v3_kv(key) is None
 
 
-def test_key_put_again_by_someone_else(etcd, spawn, key):
-    # Same value, new create revision (deleted and re-put): not ours any more.
+@pytest.mark.parametrize("how", ["deleted and put again", "written over"])
+def test_key_taken_over_is_left_alone(etcd, spawn, key, how):
+    # Even with our very value: a new create revision, or a plain put over
+    # ours (same create revision, no lease), is not our lock any more.
     holder = spawn(etcd, api="v3", args=())
     assert holder.status() == "0"
     kv = etcd.v3_kv(key)
-    etcd.v3_delete(key)
-    etcd.v3("/kv/put", {"key": b64(key), "value": kv["value"], "lease": kv["lease"]})
+    if how == "deleted and put again":
+        etcd.v3_delete(key)
+        lease = etcd.v3("/lease/grant", {"TTL": 30})["ID"]
+        etcd.v3("/kv/put", {"key": b64(key), "value": kv["value"], "lease": lease})
+    else:
+        etcd.v3("/kv/put", {"key": b64(key), "value": b64("someone else")})
+    after = etcd.v3_kv(key)
     holder.wait(timeout=3)
     assert "lock lost" in holder.stderr()
-    assert etcd.v3_kv(key)["value"] == kv["value"]  # left alone on exit
+    assert etcd.v3_kv(key) == after  # left alone on exit
     etcd.v3_delete(key)
 
 
