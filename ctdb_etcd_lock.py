@@ -401,7 +401,8 @@ def find_lock_name(config):
     """lock_name from the config, else Samba's netbios name from testparm."""
     if config.lock_name:
         return config.lock_name
-    name = run_quietly(["testparm", "-s", "--parameter-name", "netbios name"], 10)
+    # Within ctdbd's 5 s for an end-of-recovery check, with time for etcd.
+    name = run_quietly(["testparm", "-s", "--parameter-name", "netbios name"], 3)
     name = (name or "").splitlines()[0].strip() if name else ""
     if not name:
         raise ConfigError("cannot name the lock: testparm gave no netbios name; "
@@ -523,16 +524,19 @@ class Connection:
         self.watch = watch
         self.buffer = b""
         self.used = False  # a kept-alive connection etcd may have closed meanwhile
-        error = None
+        error = OSError("no address to connect to")
         for family, kind, proto, _, address in addresses:
             self.sock = socket.socket(family, kind, proto)
             self.sock.setblocking(False)
             try:
                 self._connect(address, deadline)
                 return
-            except OSError as e:
+            except OSError as e:  # the next address, with what time is left
                 self.sock.close()
                 error = e
+            except BaseException:
+                self.sock.close()
+                raise
         raise error
 
     def _connect(self, address, deadline):
@@ -1125,7 +1129,7 @@ def make_lock(config, transport, value, log):
 # lock is lost, or its deadline comes.
 
 class Holder:
-    """Holds an acquired lock: refreshes it, fences itself, and says why it stopped."""
+    """Holds an acquired lock: refreshes it and fences itself."""
 
     def __init__(self, lock, config, log, watch, valid_until, clock=time.monotonic):
         self.lock = lock
@@ -1188,8 +1192,9 @@ class Holder:
         at = (self.fence_at + self.valid_until) / 2
         signal.setitimer(signal.ITIMER_REAL, max(at - self.clock(), 0.001))
 
-    def disarm(self):
-        signal.setitimer(signal.ITIMER_REAL, 0)
+
+def _disarm_backstop():
+    signal.setitimer(signal.ITIMER_REAL, 0)
 
 
 def _backstop(signum, frame):
@@ -1299,6 +1304,7 @@ def run(argv, log, status):
         return 1
     except (Terminated, ParentGone) as e:
         _ignore_signals()
+        _disarm_backstop()  # the release has its own deadline
         watch.disarm()
         why = "terminated" if isinstance(e, Terminated) else "parent gone"
         if status.written == STATUS_HELD:
@@ -1309,7 +1315,7 @@ def run(argv, log, status):
         return 0
     except LockLost as e:
         _ignore_signals()
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        _disarm_backstop()
         log.error("lock lost - %s" % e)
         if not e.fenced:  # etcd answers: give back what may still be ours
             _release(lock, time.monotonic() + 1, log, quiet=True)

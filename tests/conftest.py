@@ -15,7 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from etcdmember import FLAVOURS, start_etcd  # noqa: E402
+from etcdmember import FLAVOURS, start_etcd, wait_for  # noqa: E402
 
 
 HELPER = os.path.join(ROOT, "ctdb_etcd_lock.py")
@@ -132,6 +132,14 @@ class Helper:
         self._stderr.close()
 
 
+def helper_env(stubs, ctdb_base, **extra):
+    """ctdbd's environment for a helper: CTDB_BASE, and our stand-ins on PATH."""
+    env = dict(os.environ, PATH=stubs + os.pathsep + os.environ["PATH"],
+               CTDB_BASE=str(ctdb_base))
+    env.update(extra)
+    return env
+
+
 def write_config(path, settings):
     with open(path, "w") as f:
         for key, value in settings.items():
@@ -155,11 +163,8 @@ def spawn(tmp_path, stubs, lock_name):
             values.update(settings)
             config = write_config(str(tmp_path / ("etcd-%d" % len(helpers))),
                                   {k: v for k, v in values.items() if v is not None})
-        environ = dict(os.environ, PATH=stubs + os.pathsep + os.environ["PATH"],
-                       CTDB_BASE=str(tmp_path))
-        environ.update(env or {})
         argv = [HELPER] + list(args) + (["-c", config] if config else [])
-        helper = Helper(argv, environ, str(tmp_path))
+        helper = Helper(argv, helper_env(stubs, tmp_path, **(env or {})), str(tmp_path))
         helpers.append(helper)
         return helper
 
@@ -173,7 +178,7 @@ def spawn_original(tmp_path, stubs, lock_name):
     """The original helper (Samba's, on python-etcd), as ctdbd would run it."""
     if not os.path.exists(ORIGINAL):
         pytest.fail("the original helper %s is missing: install Debian's ctdb and "
-                    "python3-etcd (tests/setup does)" % ORIGINAL)
+                    "python3-etcd (tests/run does)" % ORIGINAL)
     helpers = []
 
     def start(etcd, lock_ttl=3, lock_refresh=1):
@@ -183,8 +188,7 @@ def spawn_original(tmp_path, stubs, lock_name):
         # (so no fractions of a second).
         write_config(str(base / "etcd"), {"port": etcd.port, "lock_ttl": lock_ttl,
                                           "lock_refresh": lock_refresh})
-        env = dict(os.environ, PATH=stubs + os.pathsep + os.environ["PATH"],
-                   CTDB_BASE=str(base), STUB_NETBIOS_NAME=lock_name, STUB_PNN="7")
+        env = helper_env(stubs, base, STUB_NETBIOS_NAME=lock_name, STUB_PNN="7")
         helper = Helper([SYSTEM_PYTHON, ORIGINAL], env, str(base))
         helpers.append(helper)
         return helper
@@ -197,3 +201,34 @@ def spawn_original(tmp_path, stubs, lock_name):
 @pytest.fixture
 def key(lock_name):
     return "/_locks/_ctdb/" + lock_name
+
+
+@pytest.fixture
+def spawn_under_parent(tmp_path):
+    """spawn_under_parent(config_path, helper_argv=None) -> (parent, helper pid).
+
+    A stand-in for ctdbd: a process that starts the helper (its stdout is
+    ours to read the status from) and can then be killed.
+    """
+    parents = []
+
+    def start(config, helper_argv=None):
+        pidfile = tmp_path / ("helper-%d.pid" % len(parents))
+        parent = subprocess.Popen(
+            [sys.executable, "-c", "import subprocess, sys, time\n"
+             "p = subprocess.Popen(sys.argv[1:])\n"
+             "open(%r, 'w').write(str(p.pid))\n"
+             "time.sleep(600)\n" % str(pidfile)] + (helper_argv or [HELPER])
+            + ["-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        parents.append(parent)
+        assert parent.stdout.read(1) == b"0"
+        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 5,
+                           "the helper's pid"))
+        return parent, pid
+
+    yield start
+    for parent in parents:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+        parent.stderr.close()

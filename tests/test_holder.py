@@ -3,8 +3,6 @@ take, contend, hold past the TTL, release, parent gone, lock lost, fencing."""
 
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -104,36 +102,21 @@ NO_PIDFD = ("import os, runpy, sys; del os.pidfd_open; sys.argv = sys.argv[1:]; 
 
 
 @pytest.mark.parametrize("watch", ["pidfd", "poll"])
-def test_parent_gone_releases_within_half_a_second(etcd, api, spawn, key, tmp_path, watch):
-    # A stand-in for ctdbd: starts the helper, then is killed.
+def test_parent_gone_releases_within_half_a_second(etcd, api, key, tmp_path, watch,
+                                                   spawn_under_parent):
     helper = [HELPER] if watch == "pidfd" else [SYSTEM_PYTHON, "-c", NO_PIDFD, HELPER]
     config = tmp_path / "parent.conf"
     config.write_text("port = %d\nlock_ttl = 3\nrefresh = 0.5\napi = %s\nlock_name = %s\n"
                       % (etcd.port, api, key.rsplit("/", 1)[1]))
-    pidfile = tmp_path / "helper.pid"
-    parent = subprocess.Popen(
-        [sys.executable, "-c", "import os, subprocess, sys, time\n"
-         "p = subprocess.Popen(sys.argv[1:])\n"
-         "open(%r, 'w').write(str(p.pid))\n"
-         "time.sleep(600)\n" % str(pidfile)] + helper + ["-c", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert parent.stdout.read(1) == b"0"
-        helper_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 5,
-                                  "the helper's pid"))
-        parent.kill()
-        parent.wait()
-        killed = time.monotonic()
-        wait_for(lambda: all(etcd.value(where, key) is None
-                             for where in held_apis(api, etcd)), 2, "the key to be released")
-        released = time.monotonic() - killed
-        wait_for(lambda: not _alive(helper_pid), 2, "the helper to exit")
-        assert released < 0.5 + 0.2, released  # 0.2 s for this test's own polling
-    finally:
-        parent.kill()
-        parent.wait()
-        parent.stdout.close()
-        parent.stderr.close()
+    parent, helper_pid = spawn_under_parent(config, helper)
+    parent.kill()
+    parent.wait()
+    killed = time.monotonic()
+    wait_for(lambda: all(etcd.value(where, key) is None
+                         for where in held_apis(api, etcd)), 2, "the key to be released")
+    released = time.monotonic() - killed
+    wait_for(lambda: not _alive(helper_pid), 2, "the helper to exit")
+    assert released < 0.5 + 0.2, released  # 0.2 s for this test's own polling
 
 
 def _alive(pid):
@@ -305,24 +288,15 @@ def test_nobody_reading_the_status_releases(etcd, api, spawn, key):
         assert etcd.value(where, key) is None
 
 
-def test_parent_gone_while_etcd_is_silent(own_etcd, spawn, tmp_path, key):
+def test_parent_gone_while_etcd_is_silent(own_etcd, tmp_path, key, spawn_under_parent):
     # A refresh in flight to a paused etcd must not hide the parent's end.
     etcd = own_etcd
     config = tmp_path / "parent.conf"
     config.write_text("port = %d\nlock_ttl = 6\nrefresh = 0.5\nlock_name = %s\n"
                       % (etcd.port, key.rsplit("/", 1)[1]))
-    pidfile = tmp_path / "helper.pid"
-    parent = subprocess.Popen(
-        [sys.executable, "-c", "import subprocess, sys, time\n"
-         "p = subprocess.Popen(sys.argv[1:])\n"
-         "open(%r, 'w').write(str(p.pid))\n"
-         "time.sleep(600)\n" % str(pidfile), HELPER, "-c", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    parent, helper_pid = spawn_under_parent(config)
+    etcd.pause()
     try:
-        assert parent.stdout.read(1) == b"0"
-        helper_pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 5,
-                                  "the helper's pid"))
-        etcd.pause()
         time.sleep(0.7)  # a refresh is now waiting on etcd
         parent.kill()
         parent.wait()
@@ -331,7 +305,3 @@ def test_parent_gone_while_etcd_is_silent(own_etcd, spawn, tmp_path, key):
         assert time.monotonic() - killed < 0.5 + 0.2
     finally:
         etcd.resume()
-        parent.kill()
-        parent.wait()
-        parent.stdout.close()
-        parent.stderr.close()

@@ -69,17 +69,6 @@ def test_bad_answers_are_one_error_line(fake, spawn, answer, api):
     assert "Traceback" not in helper.stderr()
 
 
-@pytest.mark.parametrize("api", ["v2", "v3"])
-def test_silent_server_times_out_within_the_lock_ttl(fake, spawn, api):
-    server = fake(None)
-    started = time.monotonic()
-    helper = spawn(port=server.port, api=api, lock_ttl=3, read_timeout=60, args=())
-    assert helper.status(timeout=10) == "3"
-    assert time.monotonic() - started < 3
-    lines = helper.stderr_lines()
-    assert len(lines) == 1 and "did not answer" in lines[0], lines
-
-
 def test_nothing_listening_names_the_endpoint(spawn):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -101,10 +90,13 @@ def trickle(sock):
 
 
 @pytest.mark.parametrize("api", ["v2", "v3"])
-def test_trickling_server_cannot_stretch_the_deadline(fake, spawn, api):
-    server = fake(trickle)
+@pytest.mark.parametrize("answer", [None, trickle], ids=["silent", "trickling"])
+def test_slow_server_cannot_stretch_the_deadline(fake, spawn, api, answer):
+    # read_timeout 60 must not matter: a 3 s lock gives up within 3 s.
+    server = fake(answer)
     started = time.monotonic()
     helper = spawn(port=server.port, api=api, lock_ttl=3, read_timeout=60, args=())
     assert helper.status(timeout=10) == "3"
     assert time.monotonic() - started < 3
-    assert "did not answer within" in helper.stderr()
+    lines = helper.stderr_lines()
+    assert len(lines) == 1 and "did not answer within" in lines[0], lines
