@@ -87,10 +87,11 @@ class TransportError(EtcdLockError):
 class EtcdError(EtcdLockError):
     """etcd answered with an error this helper has no use for."""
 
-    def __init__(self, message, status=None, code=None):
+    def __init__(self, message, status=None, code=None, cause=None):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.cause = cause  # v2: the key the error is about
 
 
 class ApiNotServed(EtcdLockError):
@@ -129,8 +130,7 @@ class Log:
         self.verbose = verbose
 
     def error(self, message):
-        if self.verbose >= 0:
-            self._write(message)
+        self._write(message)
 
     def info(self, message):
         if self.verbose >= 1:
@@ -156,12 +156,11 @@ class Log:
 # Settings.
 
 class Setting:
-    """One config key: its default, how its text becomes a value, and a note."""
+    """One config key: its default, and how its text becomes a value."""
 
-    def __init__(self, default, parse, note, implemented=True):
+    def __init__(self, default, parse, implemented=True):
         self.default = default
         self.parse = parse
-        self.note = note
         self.implemented = implemented  # False: accepted, said to be ignored
 
 
@@ -230,8 +229,6 @@ def _path_segments(what, allow_slash):
             if part in ("", ".", ".."):
                 raise ValueError("%r is not a usable %s (empty part, '.' or '..')"
                                  % (text, what))
-            if not allow_slash and "/" in part:
-                raise ValueError("%r must not contain '/'" % text)
         return text
     return parse
 
@@ -253,29 +250,33 @@ def _passthrough(text):
 
 
 SETTINGS = {
-    "host": Setting("127.0.0.1", _host, "etcd host name or address"),
-    "port": Setting(2379, _integer(1, 65535), "etcd client port"),
-    "protocol": Setting("http", _word(("http",), "TLS (https) is not implemented yet"),
-                        "URL scheme to etcd"),
-    "version_prefix": Setting("/v2", _prefix, "path of etcd's v2 API"),
-    "read_timeout": Setting(60.0, _seconds,
-                            "longest wait for one answer (always cut to the lock's deadline)"),
-    "lock_ttl": Setting(9, _integer(2), "seconds the lock lives without a refresh"),
-    "refresh": Setting(2.0, _seconds, "seconds between refreshes"),
-    "locks_dir": Setting("_ctdb", _path_segments("locks_dir", True),
-                         "directory below /_locks for CTDB's locks"),
-    "lock_name": Setting(None, _lock_name, "name of the lock (default: netbios name)"),
-    "api": Setting("auto", _word(("auto", "v2", "v3")), "etcd API: v2, v3 or auto"),
-    "expected_cluster_id": Setting(None, _cluster_id,
-                                   "refuse an etcd whose cluster id (hex) differs"),
+    # etcd's client URL: host name or address, port, scheme.
+    "host": Setting("127.0.0.1", _host),
+    "port": Setting(2379, _integer(1, 65535)),
+    "protocol": Setting("http", _word(("http",), "TLS (https) is not implemented yet")),
+    # Where etcd serves the v2 API (python-etcd's version_prefix).
+    "version_prefix": Setting("/v2", _prefix),
+    # The longest wait for one answer; always cut to the lock's deadline.
+    "read_timeout": Setting(60.0, _seconds),
+    # Whole seconds the lock lives on etcd without a refresh.
+    "lock_ttl": Setting(9, _integer(2)),
+    # Seconds between refreshes (the original's code read lock_refresh).
+    "refresh": Setting(2.0, _seconds),
+    # The lock is /_locks/<locks_dir>/<lock_name>; the name defaults to
+    # Samba's netbios name.
+    "locks_dir": Setting("_ctdb", _path_segments("locks_dir", True)),
+    "lock_name": Setting(None, _lock_name),
+    # Which etcd API holds the lock: v2, v3, or auto (v3, and v2 where served).
+    "api": Setting("auto", _word(("auto", "v2", "v3"))),
+    # Refuse an etcd of another cluster (hex, as python-etcd took it).
+    "expected_cluster_id": Setting(None, _cluster_id),
 }
 # Names the original helper's code read for the same thing.
 ALIASES = {"lock_refresh": "refresh"}
 # python-etcd client settings the original passed through; accepted, not used yet.
 for _name in ("srv_domain", "allow_redirect", "cert", "ca_cert", "username",
               "password", "allow_reconnect", "use_proxies", "per_host_pool_size"):
-    SETTINGS[_name] = Setting(None, _passthrough, "python-etcd client setting",
-                              implemented=False)
+    SETTINGS[_name] = Setting(None, _passthrough, implemented=False)
 
 
 class Config:
@@ -516,7 +517,7 @@ class Connection:
     and http.client would cost ssl and email modules we have no use for.
     """
 
-    MAX_ANSWER = 1 << 20  # the biggest answer we read (a v2 directory listing)
+    MAX_ANSWER = 8 << 20  # the biggest answer we read (a v2 directory listing)
 
     def __init__(self, addresses, deadline, clock, watch):
         import socket
@@ -767,11 +768,19 @@ class Transport:
 # valid_until is the monotonic time at which the lock may expire on the server
 # at the earliest: the send time of the request that set the TTL, plus the TTL.
 # An error etcd gives with a 4xx status is about the lock itself, and final;
-# 5xx and transport errors may pass, and are retried until the deadline.
+# others (5xx, transport) may pass, and are retried until the deadline.
+# acquire() leaves cleaning up to release(): contention included, main()
+# gives back whatever was taken before it says '1'.
 
 def _quote(path):
     from urllib.parse import quote
     return quote(path, safe="/")
+
+
+def _final(error):
+    """An etcd error about the lock itself (4xx), not one that may pass
+    (5xx, 408 timeout, 429 too many requests)."""
+    return error.status is not None and error.status < 500 and error.status not in (408, 429)
 
 
 def check_cluster(config, cluster_id, endpoint):
@@ -799,6 +808,7 @@ class V2Lock:
         self.path = config.key
         self.url = config.version_prefix + "/keys" + _quote(config.key)
         self.entry = None  # the key of our entry, once etcd named it
+        self.posted = False  # an entry may be ours even before etcd named it
 
     def _answer(self, response):
         """JSON of a v2 answer; ApiNotServed when v2 is switched off."""
@@ -814,7 +824,7 @@ class V2Lock:
             code = data.get("errorCode")
             raise EtcdError("etcd at %s: %s (v2 error %s, %s)" % (
                 response.endpoint, data.get("message"), code, data.get("cause")),
-                response.status, code)
+                response.status, code, data.get("cause"))
         if "node" not in data:
             raise TransportError("%s answered HTTP %d without a node: %r" % (
                 response.endpoint, response.status, response.body[:60]))
@@ -828,40 +838,57 @@ class V2Lock:
     def _entry_url(self):
         return self.url + "/" + _quote(self.entry.rsplit("/", 1)[-1])
 
+    def _entries(self, deadline):
+        """The queue: entries of the lock's directory, first by key name first."""
+        try:
+            _, data = self._request("GET", self.url + "?quorum=true", deadline)
+        except EtcdError as e:
+            if e.code == 100:  # the directory is gone: nobody is queued
+                return []
+            raise
+        if not data["node"].get("dir"):
+            raise EtcdLockError(
+                "etcd has a plain key at %s (value %r) where the lock's directory belongs; "
+                "no helper writes one there, so remove it" % (self.path, data["node"].get("value")))
+        return sorted((node for node in data["node"].get("nodes") or [] if not node.get("dir")),
+                      key=lambda node: node["key"])
+
     def _first_entry(self, deadline):
         """The entry that holds the lock now (python-etcd: first by key name)."""
-        _, data = self._request("GET", self.url + "?quorum=true", deadline)
-        entries = [node for node in data["node"].get("nodes") or [] if not node.get("dir")]
-        return min(entries, key=lambda node: node["key"]) if entries else None
+        entries = self._entries(deadline)
+        return entries[0] if entries else None
 
     def acquire(self, deadline):
         # 1. Queue our entry.  Not sent twice on a broken connection: a
         #    second entry of ours would stand behind the first.
+        self.posted = True  # from here on, an entry of ours may stand there
         try:
             sent, data = self._request("POST", self.url, deadline,
                                        {"value": self.value, "ttl": self.ttl}, retry=False)
+        except ApiNotServed:
+            self.posted = False
+            raise
         except EtcdError as e:
-            if e.code == 104:  # not a directory: a plain key someone else wrote
-                raise LockContended(self._plain_value(deadline)) from None
+            if e.code == 104:  # not a directory: no helper writes such a key
+                raise EtcdLockError("etcd has a plain key at %s where the lock's directory "
+                                    "belongs; no helper writes one there, so remove it "
+                                    "(or fix locks_dir)" % e.cause) from None
             raise
         node = data["node"]
         if node.get("value") != self.value or not node.get("key", "").startswith(self.path + "/"):
             raise TransportError("%s answered our write with %r" % (
                 self.transport.endpoint, node))
         self.entry = node["key"]
-        # 2. Ours holds if it is first; otherwise take it back before saying
-        #    so (the original left its entry behind, blocking all for a TTL).
+        # 2. Ours holds if it is first.  Otherwise release() takes it back
+        #    before anyone says '1' (the original left its entry behind,
+        #    blocking everyone for a TTL).
         first = self._first_entry(deadline)
         if first is None or first["key"] != self.entry:
-            self.release(deadline)
+            if first is not None and not first.get("expiration"):
+                self.log.error("v2 entry %s has no TTL and blocks lock %s for ever; "
+                               "delete it" % (first["key"], self.path))
             raise LockContended(first.get("value") if first else "(nobody: our entry expired)")
         return sent + self.ttl
-
-    def _plain_value(self, deadline):
-        try:
-            return self._request("GET", self.url + "?quorum=true", deadline)[1]["node"].get("value")
-        except EtcdLockError:
-            return "(a plain key)"
 
     def refresh(self, deadline):
         try:
@@ -875,7 +902,7 @@ class V2Lock:
                 raise LockLost("v2 entry %s is gone (expired or deleted)" % self.entry) from None
             if e.code == 101:
                 raise LockLost("v2 entry %s no longer holds our value" % self.entry) from None
-            if e.status is not None and e.status < 500:
+            if _final(e):
                 raise LockLost("refresh of v2 entry %s refused: %s" % (self.entry, e)) from None
             raise
         if first is None or first["key"] != self.entry:
@@ -885,21 +912,23 @@ class V2Lock:
         return sent + self.ttl
 
     def release(self, deadline):
+        if self.entry is None and self.posted:
+            # Our POST went out but its answer did not come back: find the
+            # entry by our value, as python-etcd does.
+            ours = [node for node in self._entries(deadline) if node.get("value") == self.value]
+            self.entry = ours[0]["key"] if ours else None
         if self.entry is None:
             return
-        url, self.entry = self._entry_url(), None
+        from urllib.parse import urlencode
         try:
-            self._request("DELETE", url + "?" + _form({"prevValue": self.value}), deadline)
+            self._request("DELETE", self._entry_url() + "?" + urlencode(
+                {"prevValue": self.value}), deadline)
             self.log.info("released v2 lock %s" % self.path)
         except EtcdError as e:
             if e.code not in (100, 101):
                 raise
             self.log.info("v2 entry in %s was no longer ours; left it alone" % self.path)
-
-
-def _form(fields):
-    from urllib.parse import urlencode
-    return urlencode(fields)
+        self.entry, self.posted = None, False
 
 
 class V3Lock:
@@ -980,7 +1009,6 @@ class V3Lock:
             kvs = _first_range(data)
             holder = self._unb64(kvs[0].get("value", "")) if kvs else None
             if holder != self.value:
-                self.release(deadline)
                 raise LockContended(holder)
             # Our own put, answered on a connection that broke.
             self.revision = kvs[0].get("create_revision")
@@ -1001,7 +1029,7 @@ class V3Lock:
             # linearizable read.
             _, data = self._call("/kv/range", {"key": self.key}, deadline)
         except EtcdError as e:
-            if e.status is not None and e.status < 500:
+            if _final(e):
                 raise LockLost("refresh of key %s refused: %s" % (self.path, e)) from None
             raise
         kvs = data.get("kvs") or []
@@ -1078,19 +1106,15 @@ class LockSet:
 
     def acquire(self, deadline):
         valid_until = []
-        try:
-            for lock in self.candidates:
-                try:
-                    valid_until.append(lock.acquire(deadline))
-                except ApiNotServed as e:
-                    if lock.required:
-                        raise
-                    self.log.info("skipping the %s lock: %s" % (lock.api, e))
-                    continue
-                self.held.append(lock)
-        except BaseException:
-            self.release(deadline)
-            raise
+        for lock in self.candidates:
+            try:
+                valid_until.append(lock.acquire(deadline))
+            except ApiNotServed as e:
+                if lock.required:
+                    raise
+                self.log.info("skipping the %s lock: %s" % (lock.api, e))
+                continue
+            self.held.append(lock)
         if not self.held:
             raise ApiNotServed("%s serves neither the v2 nor the v3 API; is it etcd?"
                                % self.candidates[0].transport.endpoint)
@@ -1203,6 +1227,7 @@ def _backstop(signum, frame):
 
 
 def _terminate(signum, frame):
+    _ignore_signals()  # once: a second SIGTERM must not cut the cleanup short
     raise Terminated(signum)
 
 
@@ -1223,7 +1248,8 @@ def parse_args(argv):
             raise ConfigError("bad command line: %s; usage: %s [-v...] [-c FILE]"
                               % (message, PROG))
 
-    parser = Parser(prog=PROG, description="CTDB cluster lock helper for etcd.")
+    # No --help: usage on stdout would read as a status to ctdbd.
+    parser = Parser(prog=PROG, add_help=False)
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more detail on stderr (-v, -vv, -vvv)")
     parser.add_argument("-c", "--config", default=None,
@@ -1247,6 +1273,12 @@ class StatusPipe:
             except BrokenPipeError:
                 raise ParentGone() from None  # nobody reads: ctdbd is gone
 
+    def close(self):
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
 
 def main(argv=None):
     log = Log()
@@ -1256,6 +1288,7 @@ def main(argv=None):
     except (Terminated, ParentGone):
         return 0
     except Exception as e:  # a bug of ours: still one line, never a traceback
+        _ignore_signals()
         log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
         try:
             status.write(STATUS_ERROR)
@@ -1299,7 +1332,11 @@ def run(argv, log, status):
         holder.hold()
     except LockContended as e:
         _ignore_signals()  # ctdbd sends SIGTERM the moment it reads '1'
+        watch.disarm()
         log.info("lock %s is held by %s" % (config.key, e))
+        # Whatever we took on the way goes back before we say so; should
+        # that fail, it expires by its TTL, and it is still contention.
+        _release(lock, time.monotonic() + 1, log, quiet=True)
         status.write(STATUS_CONTENDED)
         return 1
     except (Terminated, ParentGone) as e:
@@ -1316,12 +1353,17 @@ def run(argv, log, status):
     except LockLost as e:
         _ignore_signals()
         _disarm_backstop()
+        watch.disarm()
         log.error("lock lost - %s" % e)
-        if not e.fenced:  # etcd answers: give back what may still be ours
+        # ctdbd learns of the loss when our stdout closes: before we give
+        # back what may still be ours, not after.
+        status.close()
+        if not e.fenced:
             _release(lock, time.monotonic() + 1, log, quiet=True)
         return 1
     except EtcdLockError as e:
         _ignore_signals()
+        watch.disarm()
         log.error("cannot take lock %s - %s" % (config.key, e))
         status.write(STATUS_ERROR)
         # Give back whatever we may have taken (a create whose answer was

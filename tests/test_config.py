@@ -89,9 +89,11 @@ def test_unreadable_file_is_an_error(spawn, tmp_path):
     assert "cannot read config file" in line and "adir" in line
 
 
-def test_bad_command_line(spawn):
-    line = one_error_line(spawn(config="", args=("--frobnicate",)))
-    assert "--frobnicate" in line and "usage" in line
+@pytest.mark.parametrize("args", [("--frobnicate",), ("-h",), ("-c",)])
+def test_bad_command_line(spawn, args):
+    # Not even --help: usage on stdout would read as a status to ctdbd.
+    line = one_error_line(spawn(config="", args=args))
+    assert args[0] in line and "usage" in line
 
 
 def test_comments_blank_lines_and_alias(spawn, tmp_path, etcd34, key, lock_name):

@@ -65,10 +65,23 @@ def test_v2_on_an_etcd_without_v2_says_what_to_set(etcd_members, spawn):
     assert "does not serve the v2 API" in lines[0] and "api = v3" in lines[0]
 
 
-def test_key_held_by_a_plain_writer_is_contention(etcd34, spawn, key):
+def test_a_plain_key_where_the_queue_belongs_is_an_error(etcd34, spawn, key):
+    # No helper, old or new, writes one: say so instead of a silent '1' for ever.
     etcd34.v2("PUT", key, value="an admin's hand-made lock")
-    helper = spawn(etcd34, api="v2", args=("-v",))
-    assert helper.status() == "1"
-    assert "held by an admin's hand-made lock" in helper.stderr()
+    helper = spawn(etcd34, api="v2", args=())
+    assert helper.status() == "3"
+    lines = helper.stderr_lines()
+    assert len(lines) == 1 and "plain key at %s" % key in lines[0], lines
     assert etcd34.v2_value(key) == "an admin's hand-made lock"
     etcd34.v2("DELETE", key)
+
+
+def test_an_entry_without_ttl_is_contention_said_once(etcd34, spawn, key):
+    stuck = key + "/" + "0" * 19 + "1"
+    etcd34.v2("PUT", stuck, value="left by hand")
+    helper = spawn(etcd34, api="v2", args=())
+    assert helper.status() == "1"
+    lines = helper.stderr_lines()
+    assert len(lines) == 1 and "has no TTL" in lines[0] and stuck in lines[0], lines
+    assert [e["key"] for e in etcd34.v2_entries(key)] == [stuck]  # ours taken back
+    etcd34.v2("DELETE", stuck)
