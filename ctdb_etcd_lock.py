@@ -923,7 +923,7 @@ class V2Lock:
         try:
             self._request("DELETE", self._entry_url() + "?" + urlencode(
                 {"prevValue": self.value}), deadline)
-            self.log.info("released v2 lock %s" % self.path)
+            self.log.info("gave back our v2 entry in %s" % self.path)
         except EtcdError as e:
             if e.code not in (100, 101):
                 raise
@@ -1058,7 +1058,7 @@ class V3Lock:
                     "success": [{"request_delete_range": {"key": self.key}}],
                 }, deadline)
                 if data.get("succeeded"):
-                    self.log.info("released v3 key %s" % self.path)
+                    self.log.info("gave back v3 key %s" % self.path)
                 else:
                     self.log.info("v3 key %s was no longer ours; left it alone" % self.path)
         finally:
