@@ -148,41 +148,45 @@ def write_config(path, settings):
 
 
 @pytest.fixture
-def spawn(tmp_path, stubs, lock_name):
+def started():
+    """Every helper a test starts, killed (if still running) when it ends."""
+    helpers = []
+    yield helpers
+    for helper in helpers:
+        helper.close()
+
+
+@pytest.fixture
+def spawn(tmp_path, stubs, lock_name, started):
     """spawn(etcd, api=..., **settings) starts our helper with a config file.
 
     Short TTLs keep the suite quick: lock_ttl 3, refresh 0.5 unless given.
     """
-    helpers = []
-
     def start(etcd=None, args=("-v",), config=None, env=None, **settings):
         if config is None:
             values = {"lock_ttl": 3, "refresh": 0.5, "lock_name": lock_name}
             if etcd is not None:
                 values["port"] = etcd.port
             values.update(settings)
-            config = write_config(str(tmp_path / ("etcd-%d" % len(helpers))),
+            config = write_config(str(tmp_path / ("etcd-%d" % len(started))),
                                   {k: v for k, v in values.items() if v is not None})
         argv = [HELPER] + list(args) + (["-c", config] if config else [])
         helper = Helper(argv, helper_env(stubs, tmp_path, **(env or {})), str(tmp_path))
-        helpers.append(helper)
+        started.append(helper)
         return helper
 
-    yield start
-    for helper in helpers:
-        helper.close()
+    return start
 
 
 @pytest.fixture
-def spawn_original(tmp_path, stubs, lock_name):
+def spawn_original(tmp_path, stubs, lock_name, started):
     """The original helper (Samba's, on python-etcd), as ctdbd would run it."""
     if not os.path.exists(ORIGINAL):
         pytest.fail("the original helper %s is missing: install Debian's ctdb and "
                     "python3-etcd (tests/run does)" % ORIGINAL)
-    helpers = []
 
     def start(etcd, lock_ttl=3, lock_refresh=1):
-        base = tmp_path / ("original-%d" % len(helpers))
+        base = tmp_path / ("original-%d" % len(started))
         base.mkdir()
         # Its parser takes no blank lines or comments, and int() or a string
         # (so no fractions of a second).
@@ -190,12 +194,10 @@ def spawn_original(tmp_path, stubs, lock_name):
                                           "lock_refresh": lock_refresh})
         env = helper_env(stubs, base, STUB_NETBIOS_NAME=lock_name, STUB_PNN="7")
         helper = Helper([SYSTEM_PYTHON, ORIGINAL], env, str(base))
-        helpers.append(helper)
+        started.append(helper)
         return helper
 
-    yield start
-    for helper in helpers:
-        helper.close()
+    return start
 
 
 @pytest.fixture
