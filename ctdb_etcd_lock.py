@@ -124,10 +124,49 @@ class ParentGone(BaseException):
 
 # ---------------------------------------------------------------------------
 # Logging: one line per event on stderr; -v, -vv, -vvv add detail.
+#
+# ctdbd reads its helpers' stderr in its own event loop: a busy or wedged
+# ctdbd stops draining it, and a helper blocked in a log write would neither
+# refresh nor fence.  So a write never blocks: a line that cannot be written
+# at once is dropped, and counted in the next line that can.
+
+MAX_LINE = 1000  # characters of one log line; the rest is cut
+
 
 class Log:
+    fd = 2
+    sock = None  # stderr as a socket (journald): sent with MSG_DONTWAIT
+    pollable = False  # a pipe we could not reopen: write only when poll says so
+    dropped = 0
+
     def __init__(self, verbose=0):
         self.verbose = verbose
+
+    @classmethod
+    def open(cls):
+        """Make stderr writes non-blocking without touching ctdbd's end.
+
+        O_NONBLOCK on fd 2 itself would change the open file description we
+        share with whoever else writes the log; a pipe (or a terminal)
+        opened again through /proc is a description of our own.
+        """
+        import stat
+        try:
+            mode = os.fstat(2).st_mode
+        except OSError:
+            return
+        if stat.S_ISSOCK(mode):
+            import socket
+            try:
+                cls.sock = socket.socket(fileno=os.dup(2))
+            except OSError:
+                cls.pollable = True
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            try:
+                cls.fd = os.open("/proc/self/fd/2", os.O_WRONLY | os.O_NONBLOCK
+                                 | os.O_NOCTTY | os.O_CLOEXEC)
+            except OSError:
+                cls.pollable = stat.S_ISFIFO(mode)
 
     def error(self, message):
         self._write(message)
@@ -144,12 +183,56 @@ class Log:
         if self.verbose >= 3:
             self._write(message)
 
-    @staticmethod
-    def _write(message):
+    @classmethod
+    def _write(cls, message):
+        line = "%s: %s" % (PROG, _printable(message[:MAX_LINE]))
+        if len(line) > MAX_LINE:
+            line = line[:MAX_LINE - 3] + "..."
+        if cls.dropped:
+            line = "%s: (%d log lines dropped: stderr was full)\n%s" % (
+                PROG, cls.dropped, line)
+        # Within PIPE_BUF, a write to a pipe is all or nothing.
+        data = line.encode("utf-8", "replace")[:4000] + b"\n"
         try:
-            os.write(2, ("%s: %s\n" % (PROG, message)).encode("utf-8", "replace"))
+            if cls.sock is not None:
+                import socket
+                sent = cls.sock.send(data, socket.MSG_DONTWAIT)
+            elif cls.pollable and not _writable_now(cls.fd):
+                raise BlockingIOError()
+            else:
+                sent = os.write(cls.fd, data)
+        except BlockingIOError:
+            cls.dropped += 1
+            return
         except OSError:
-            pass
+            return
+        if sent == len(data):
+            cls.dropped = 0
+        else:
+            cls.dropped += 1  # the rest of the line is lost; say so next time
+
+
+def _writable_now(fd):
+    import select
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLOUT for _, events in poller.poll(0))
+
+
+def _printable(text):
+    """One line, whatever a file or etcd put in it."""
+    return "".join(char if char >= " " and char != "\x7f" else repr(char)[1:-1]
+                   for char in text)
+
+
+def _cut(text, limit=60):
+    """Text from a file or a command, cut to a readable length for a message."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _shown(value):
+    """A value quoted in a message."""
+    return _cut(repr(value))
 
 
 # ---------------------------------------------------------------------------
@@ -164,84 +247,93 @@ class Setting:
         self.implemented = implemented  # False: accepted, said to be ignored
 
 
-def _integer(low, high=None):
+def _integer(low, high):
     def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError("%r is not a whole number" % text) from None
-        if value < low or (high is not None and value > high):
-            if high is None:
-                raise ValueError("%d is below %d" % (value, low))
+        if not (text.isdigit() and len(text) <= 9):
+            raise ValueError("%s is not a whole number from %d to %d"
+                             % (_shown(text), low, high))
+        value = int(text)
+        if not low <= value <= high:
             raise ValueError("%d is not between %d and %d" % (value, low, high))
         return value
     return parse
 
 
-def _seconds(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError("%r is not a number of seconds" % text) from None
-    if not value > 0 or value == float("inf"):
-        raise ValueError("%r must be more than 0 seconds" % text)
-    return value
+def _seconds(low):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("%s is not a number of seconds" % _shown(text)) from None
+        if not low <= value < float("inf"):
+            raise ValueError("%s must be at least %g seconds" % (_shown(text), low))
+        return value
+    return parse
 
 
 def _word(choices, hint=""):
     def parse(text):
         if text not in choices:
-            raise ValueError("%r is not one of %s%s" % (
-                text, ", ".join(choices), "; " + hint if hint else ""))
+            raise ValueError("%s is not one of %s%s" % (
+                _shown(text), ", ".join(choices), "; " + hint if hint else ""))
         return text
     return parse
 
 
 def _host(text):
     """A host name or address: no scheme, no port, no brackets."""
-    if not text or any(char in text for char in " \t/[]@"):
-        raise ValueError("%r is no host name or address (give the port as port = N, "
-                         "and no http://)" % text)
+    if not text or len(text) > 253 or any(char in text for char in " \t/[]@"):
+        raise ValueError("%s is no host name or address (give the port as port = N, "
+                         "and no http://)" % _shown(text))
     if ":" in text:
         import socket
         try:
             socket.inet_pton(socket.AF_INET6, text)
         except OSError:
-            raise ValueError("%r is no host name or address (give the port as "
-                             "port = N)" % text) from None
+            raise ValueError("%s is no host name or address (give the port as "
+                             "port = N)" % _shown(text)) from None
     return text
 
 
 def _cluster_id(text):
     try:
+        if len(text) > 16:
+            raise ValueError()
         int(text, 16)
     except ValueError:
-        raise ValueError("%r is not a cluster id in hex, as etcd's X-Etcd-Cluster-Id "
-                         "header gives it" % text) from None
+        raise ValueError("%s is not a cluster id in hex, as etcd's X-Etcd-Cluster-Id "
+                         "header gives it" % _shown(text)) from None
     return text.lower()
+
+
+MAX_NAME = 1024  # characters of locks_dir or lock_name: a longer one is a mistake
 
 
 def _path_segments(what, allow_slash):
     """Names inside the etcd key: no empty part, no '.' or '..'."""
     def parse(text):
+        if len(text) > MAX_NAME:
+            raise ValueError("%s is longer than %d characters" % (_shown(text), MAX_NAME))
         parts = text.split("/") if allow_slash else [text]
         for part in parts:
             if part in ("", ".", ".."):
-                raise ValueError("%r is not a usable %s (empty part, '.' or '..')"
-                                 % (text, what))
+                raise ValueError("%s is not a usable %s (empty part, '.' or '..')"
+                                 % (_shown(text), what))
         return text
     return parse
 
 
 def _lock_name(text):
     if "/" in text:
-        raise ValueError("%r must not contain '/'" % text)
+        raise ValueError("%s must not contain '/'" % _shown(text))
     return _path_segments("lock name", False)(text)
 
 
 def _prefix(text):
-    if not text.startswith("/") or text.endswith("/") or "//" in text:
-        raise ValueError("%r must start with '/' and not end with one" % text)
+    import re
+    if not re.match(r"(/[A-Za-z0-9._~-]+)+\Z", text) or len(text) > 100:
+        raise ValueError("%s must be a URL path such as /v2: starting with '/', not "
+                         "ending with one, of letters, digits and . _ ~ -" % _shown(text))
     return text
 
 
@@ -257,11 +349,11 @@ SETTINGS = {
     # Where etcd serves the v2 API (python-etcd's version_prefix).
     "version_prefix": Setting("/v2", _prefix),
     # The longest wait for one answer; always cut to the lock's deadline.
-    "read_timeout": Setting(60.0, _seconds),
+    "read_timeout": Setting(60.0, _seconds(0.1)),
     # Whole seconds the lock lives on etcd without a refresh.
-    "lock_ttl": Setting(9, _integer(2)),
+    "lock_ttl": Setting(9, _integer(2, 3600)),
     # Seconds between refreshes (the original's code read lock_refresh).
-    "refresh": Setting(2.0, _seconds),
+    "refresh": Setting(2.0, _seconds(0.1)),
     # The lock is /_locks/<locks_dir>/<lock_name>; the name defaults to
     # Samba's netbios name.
     "locks_dir": Setting("_ctdb", _path_segments("locks_dir", True)),
@@ -297,7 +389,7 @@ class Config:
                         % (self.where(name), name)
                         for name in sorted(values, key=self.lines.get)
                         if not SETTINGS[name].implemented]
-        self.ignored += ["%s:%d: unknown setting %s is ignored" % (source, line, key)
+        self.ignored += ["%s:%d: unknown setting %s is ignored" % (source, line, _cut(key))
                          for line, key in unknown]
         self._check()
 
@@ -337,8 +429,7 @@ def read_config(path, required):
     is the rest of a line from a '#' that follows white space.
     """
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        text = _read_small_file(path).decode("utf-8-sig")  # a BOM is no part of a key
     except FileNotFoundError:
         if required:
             raise ConfigError("config file %s does not exist; create it or fix -c"
@@ -357,7 +448,7 @@ def read_config(path, required):
         key, equals, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not equals or not key:
-            raise ConfigError("%s: expected 'key = value', found %r" % (where, line))
+            raise ConfigError("%s: expected 'key = value', found %s" % (where, _shown(line)))
         name = ALIASES.get(key, key)
         setting = SETTINGS.get(name)
         if setting is None:
@@ -375,6 +466,30 @@ def read_config(path, required):
     return Config(values, path, lines, unknown)
 
 
+MAX_CONFIG = 64 << 10  # bytes: a config file is a handful of lines
+
+
+def _read_small_file(path):
+    """A regular file's bytes; never waits on a FIFO or reads a device."""
+    import stat
+    # O_NONBLOCK: opening a FIFO must not wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError("config file %s is not a regular file; name one with -c"
+                              % path)
+        data = b""
+        while len(data) <= MAX_CONFIG:
+            chunk = os.read(fd, MAX_CONFIG + 1 - len(data))
+            if not chunk:
+                return data
+            data += chunk
+        raise ConfigError("config file %s is bigger than %d KiB; is it the right file?"
+                          % (path, MAX_CONFIG >> 10))
+    finally:
+        os.close(fd)
+
+
 def _strip_comment(line):
     for i, char in enumerate(line):
         if char == "#" and (i == 0 or line[i - 1] in " \t"):
@@ -383,62 +498,69 @@ def _strip_comment(line):
 
 
 # ---------------------------------------------------------------------------
-# Who we are: the lock's name and the holder's value.
+# Waiting.  Every wait of the helper -- for etcd, for testparm, between
+# refreshes -- is one poll() here, which also watches why we might have to
+# go: a signal, our parent's end, stdout's reader gone.  Those are raised as
+# Terminated or ParentGone from here alone, a point where the code around
+# expects them; a signal handler only takes note and wakes the poll.
 
-def run_quietly(argv, timeout):
-    """stdout of a command, or None if it fails, is missing or hangs."""
-    import subprocess
-    try:
-        done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, timeout=timeout)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return done.stdout.decode("utf-8", "replace").strip()
+class _NoTime(Exception):
+    """The deadline came."""
 
 
-def find_lock_name(config):
-    """lock_name from the config, else Samba's netbios name from testparm."""
-    if config.lock_name:
-        return config.lock_name
-    # Within ctdbd's 5 s for an end-of-recovery check, with time for etcd.
-    name = run_quietly(["testparm", "-s", "--parameter-name", "netbios name"], 3)
-    name = (name or "").splitlines()[0].strip() if name else ""
-    if not name:
-        raise ConfigError("cannot name the lock: testparm gave no netbios name; "
-                          "set lock_name in %s (the same on every node)"
-                          % (config.source or "$CTDB_BASE/etcd"))
-    try:
-        return _lock_name(name)
-    except ValueError as e:
-        raise ConfigError("netbios name from testparm is no usable lock name: %s; "
-                          "set lock_name in %s" % (e, config.source or "$CTDB_BASE/etcd"))
+class Signals:
+    """SIGTERM and SIGINT: noted by the handler, acted on by Watch.wait()."""
+
+    received = None  # the first signal's number
+    at = None  # when the latest came (monotonic)
+    wakeup = None  # read end of the pipe a signal writes a byte to
+
+    @classmethod
+    def catch(cls):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, cls._note)
+
+    @classmethod
+    def wake_waits(cls):
+        """Let a signal wake a poll (after fds 0-2 are settled: this takes two)."""
+        try:
+            read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            try:  # Python 3.7+ need not warn should the pipe ever fill
+                signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)  # novermin
+            except TypeError:
+                signal.set_wakeup_fd(write_end)
+            cls.wakeup = read_end
+        except (AttributeError, OSError, ValueError):
+            pass  # no wakeup: a poll sees the signal when it ends
+
+    @classmethod
+    def _note(cls, signum, frame):
+        cls.received = cls.received or signum
+        cls.at = time.monotonic()
 
 
-def holder_value():
-    """This holder, as etcdctl and the logs show it; unique per acquisition."""
-    pnn = run_quietly(["ctdb", "pnn"], 2)
-    pnn = pnn if pnn and pnn.isdigit() else "?"
-    return "host=%s pnn=%s pid=%d id=%s" % (
-        os.uname().nodename, pnn, os.getpid(), os.urandom(8).hex())
+class Watch:
+    """What every wait watches besides what it waits for.
 
-
-# ---------------------------------------------------------------------------
-# Transport: one HTTP connection to etcd, every request bounded by a deadline.
-
-class ParentWatch:
-    """Tells when our original parent (ctdbd) is gone; never watches PID 1.
-
-    Every wait of the helper goes through select() here, so "parent gone" is
-    noticed within POLL seconds even in the middle of a request.
+    ``ppid`` is our original parent (ctdbd, or its recovery daemon).  PID 1
+    is never watched (cluster_mutex_helper.txt): a parent that is 1 already
+    means ours died before we started, unless PID 1 is ctdbd itself, as in a
+    container.  ``stdout`` is watched when it is a pipe: a reader gone means
+    nobody can hear us.  Once ``leave()`` is called, nothing is raised any
+    more, and a signal only cuts what is left of the wait to
+    LEAVE_AFTER_SIGNAL seconds.
     """
 
-    POLL = 0.25  # seconds between checks where no pidfd is to be had
+    POLL = 0.25  # seconds between parent checks where no pidfd is to be had
+    LEAVE_AFTER_SIGNAL = 2.0
 
-    def __init__(self, ppid):
+    def __init__(self, ppid, stdout=None, clock=time.monotonic):
         self.ppid = ppid
+        self.clock = clock
+        self.orphan = ppid == 1 and _comm(1) != "ctdbd"
         self.armed = ppid > 1
+        self.stdout = stdout
+        self.leaving = False
         self.fd = None
         if self.armed:
             # A pidfd turns "parent gone" into an event (Linux 5.3+, Python
@@ -451,32 +573,160 @@ class ParentWatch:
     def gone(self):
         return self.armed and os.getppid() != self.ppid
 
-    def disarm(self):
-        """Stop watching: we are on our way out already."""
+    def leave(self):
+        """From here on we are on our way out: let nothing interrupt that."""
+        self.leaving = True
         self.armed = False
+        self.stdout = None
 
-    def select(self, readers, writers, timeout):
-        """select() that raises ParentGone once the parent is gone."""
+    def check(self):
+        """Raise Terminated if a signal came; for the steps between waits."""
+        if Signals.received and not self.leaving:
+            raise Terminated(Signals.received)
+
+    def wait(self, deadline, readers=(), writers=()):
+        """Wait until a reader or writer is ready: the list of ready fds.
+
+        Raises _NoTime at the deadline, Terminated on a signal, ParentGone
+        when the parent or stdout's reader is gone.
+        """
         import select
-        watch = self.armed and self.fd is not None
-        if self.armed and not watch:
-            timeout = min(timeout, self.POLL)
-        ready, writable, _ = select.select(readers + [self.fd] if watch else readers,
-                                           writers, [], max(timeout, 0))
-        if self.armed and ((watch and self.fd in ready) or self.gone()):
-            self.disarm()
-            raise ParentGone()
-        return [r for r in ready if r is not self.fd], writable
-
-    def sleep(self, timeout, clock=time.monotonic):
-        """Sleep up to timeout seconds, or raise ParentGone."""
-        end = clock() + timeout
         while True:
-            left = end - clock()
+            self.check()
+            if self.leaving and Signals.at is not None:
+                deadline = min(deadline, Signals.at + self.LEAVE_AFTER_SIGNAL)
+            left = deadline - self.clock()
             if left <= 0:
-                return
-            self.select([], [], left)
+                raise _NoTime()
+            if self.armed and self.fd is None:
+                left = min(left, self.POLL)
+            poller = select.poll()
+            for fd in readers:
+                poller.register(fd, select.POLLIN)
+            for fd in writers:
+                poller.register(fd, select.POLLOUT)
+            watched = [fd for fd in (Signals.wakeup, self.fd if self.armed else None)
+                       if fd is not None]
+            for fd in watched:
+                poller.register(fd, select.POLLIN)
+            if self.stdout is not None:
+                poller.register(self.stdout, 0)  # only POLLERR: no reader left
+            # ceil: a wait rounded down to 0 ms would spin until the deadline.
+            events = dict(poller.poll(int(left * 1000) + 1))
+            if Signals.wakeup in events:
+                _drain(Signals.wakeup)
+            self.check()
+            if self.armed and (self.fd in events or self.gone()):
+                self.leave()
+                raise ParentGone("parent gone")
+            if self.stdout in events:
+                self.leave()
+                raise ParentGone("nobody reads stdout")
+            ready = [fd for fd in events if fd not in watched and fd != self.stdout]
+            if ready:
+                return ready
 
+    def sleep(self, seconds):
+        """Sleep, still watching."""
+        try:
+            self.wait(self.clock() + seconds)
+        except _NoTime:
+            pass
+
+
+def _comm(pid):
+    try:
+        with open("/proc/%d/comm" % pid) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, 512):
+            pass
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Who we are: the lock's name and the holder's value.
+
+MAX_OUTPUT = 65536  # bytes we read from testparm or ctdb
+
+
+def run_quietly(argv, timeout, watch):
+    """stdout of a command, or None if it fails, is missing, says too much or
+    does not finish within timeout seconds.  Waited for through the watch: a
+    signal or our parent's end kills it, and is raised here."""
+    import subprocess
+    deadline = watch.clock() + timeout
+    try:
+        child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+    out = b""
+    try:
+        pipe = child.stdout.fileno()
+        os.set_blocking(pipe, False)
+        while True:
+            watch.wait(deadline, readers=[pipe])
+            chunk = os.read(pipe, MAX_OUTPUT)
+            if not chunk:
+                break
+            out += chunk
+            if len(out) > MAX_OUTPUT:
+                return None
+        # Its stdout closed: it is ending.  A pidfd is not to be had
+        # everywhere; a short poll is.
+        pause = 0.001
+        while child.poll() is None:
+            watch.sleep(pause)
+            if watch.clock() >= deadline:
+                return None
+            pause = min(pause * 2, 0.05)
+    except (_NoTime, OSError):
+        return None
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+    if child.returncode != 0:
+        return None
+    return out.decode("utf-8", "replace").strip()
+
+
+def find_lock_name(config, watch):
+    """lock_name from the config, else Samba's netbios name from testparm."""
+    if config.lock_name:
+        return config.lock_name
+    # Within ctdbd's 5 s for an end-of-recovery check, with time for etcd.
+    name = run_quietly(["testparm", "-s", "--parameter-name", "netbios name"], 3, watch)
+    name = name.splitlines()[0].strip() if name else ""
+    if not name:
+        raise ConfigError("cannot name the lock: testparm gave no netbios name (it "
+                          "failed, took over 3s or said too much); set lock_name in %s "
+                          "(the same on every node)" % (config.source or "$CTDB_BASE/etcd"))
+    try:
+        return _lock_name(name)
+    except ValueError as e:
+        raise ConfigError("netbios name from testparm is no usable lock name: %s; "
+                          "set lock_name in %s" % (e, config.source or "$CTDB_BASE/etcd"))
+
+
+def holder_value(watch):
+    """This holder, as etcdctl and the logs show it; unique per acquisition."""
+    pnn = run_quietly(["ctdb", "pnn"], 2, watch)
+    pnn = pnn if pnn and pnn.isdigit() else "?"
+    return "host=%s pnn=%s pid=%d id=%s" % (
+        os.uname().nodename, pnn, os.getpid(), os.urandom(8).hex())
+
+
+# ---------------------------------------------------------------------------
+# Transport: one HTTP connection to etcd, every request bounded by a deadline.
 
 class Response:
     def __init__(self, status, headers, body, endpoint):
@@ -504,10 +754,6 @@ class _Closed(Exception):
     """The server closed (or reset) a kept-alive connection before answering."""
 
 
-class _NoTime(Exception):
-    """The deadline came."""
-
-
 class Connection:
     """One HTTP/1.1 connection.  Every wait ends by an absolute deadline
     (time.monotonic()), not merely each recv: a server that trickles bytes
@@ -525,16 +771,25 @@ class Connection:
         self.watch = watch
         self.buffer = b""
         self.used = False  # a kept-alive connection etcd may have closed meanwhile
+        self.sent = False  # a request is sent and not answered yet
         error = OSError("no address to connect to")
-        for family, kind, proto, _, address in addresses:
+        for tried, (family, kind, proto, _, address) in enumerate(addresses):
+            # Each address gets a fair share of what is left: one that drops
+            # packets silently must not eat the time of the next.
+            share = (deadline - clock()) / (len(addresses) - tried)
             self.sock = socket.socket(family, kind, proto)
             self.sock.setblocking(False)
             try:
-                self._connect(address, deadline)
+                self._connect(address, min(deadline, clock() + share))
                 return
             except OSError as e:  # the next address, with what time is left
                 self.sock.close()
                 error = e
+            except _NoTime:
+                self.sock.close()
+                if clock() >= deadline:
+                    raise
+                error = OSError("%s did not answer within %.1fs" % (address[0], share))
             except BaseException:
                 self.sock.close()
                 raise
@@ -551,27 +806,40 @@ class Connection:
             raise OSError(code, os.strerror(code))
 
     def close(self):
+        """Close without a reset: a reset (sent when answers lie unread) may
+        cost etcd the requests it has not read yet."""
+        try:
+            while self.sock.recv(65536):
+                pass
+        except OSError:
+            pass
         self.sock.close()
 
-    def _wait(self, deadline, write=False):
-        while True:
-            left = deadline - self.clock()
-            if left <= 0:
-                raise _NoTime()
-            readers, writers = self.watch.select([] if write else [self.sock],
-                                                 [self.sock] if write else [], left)
-            if readers or writers:
-                return
+    def send_now(self, request):
+        """Queue a request behind whatever is in flight, if it fits at once."""
+        try:
+            return self.sock.send(request) == len(request)
+        except OSError:
+            return False
 
-    def exchange(self, method, host, path, headers, body, deadline):
-        """Send one request; (status, headers, body, keep_alive)."""
+    def _wait(self, deadline, write=False):
+        fd = self.sock.fileno()
+        self.watch.wait(deadline, readers=[] if write else [fd], writers=[fd] if write else [])
+
+    @staticmethod
+    def encode(method, host, path, headers, body):
         lines = ["%s %s HTTP/1.1" % (method, path), "Host: %s" % host,
                  "Content-Length: %d" % len(body or b"")]
         lines += ["%s: %s" % item for item in headers.items()]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+    def exchange(self, request, deadline):
+        """Send one request; (status, headers, body, keep_alive)."""
         reused, self.used = self.used, True
+        self.sent = False  # True: etcd may act on it, answered or not
         try:
-            self._send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b""),
-                       deadline)
+            self._send(request, deadline)
+            self.sent = True
             status_line = self._line(deadline, first=reused)
         except (ConnectionResetError, BrokenPipeError):
             if reused:
@@ -604,6 +872,7 @@ class Connection:
             answer_headers["connection"] = "close"
         keep_alive = (parts[0] == b"HTTP/1.1"
                       and answer_headers.get("connection", "").lower() != "close")
+        self.sent = False  # answered
         return status, answer_headers, data, keep_alive
 
     def _send(self, data, deadline):
@@ -670,7 +939,15 @@ class Transport:
     never waits past it nor past read_timeout.  The host name is resolved
     once, before the lock is taken: a resolver cannot be interrupted, so it
     must not stand between a holder and its deadline.
+
+    A request sent but not answered by its deadline may still reach etcd
+    later (a slow network delivers it all the same), and a late refresh
+    would extend the lock: its connection is kept aside, so that release()
+    can queue its compare-and-delete behind it (``behind``), and TCP
+    delivers the two in order.
     """
+
+    IN_FLIGHT = 4  # connections kept aside; an older one is closed
 
     def __init__(self, config, log, watch, clock=time.monotonic):
         self.config = config
@@ -681,11 +958,26 @@ class Transport:
         self.host_header = config.endpoint.split("://", 1)[1]
         self._addresses = None
         self._conn = None
+        self._in_flight = []
 
     def close(self):
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Close every connection, those with requests in flight too."""
+        for conn in self._in_flight + [self._conn]:
+            if conn is not None:
+                conn.close()
+        self._conn, self._in_flight = None, []
+
+    def _drop(self, in_flight=True):
+        """The current connection is out of step with its answers."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if conn.sent and in_flight:
+            self._in_flight.append(conn)
+            if len(self._in_flight) > self.IN_FLIGHT:
+                self._in_flight.pop(0).close()
+        else:
+            conn.close()
 
     def _resolve(self):
         import socket
@@ -694,13 +986,15 @@ class Transport:
                 self._addresses = socket.getaddrinfo(
                     self.config.host, self.config.port, type=socket.SOCK_STREAM)
             except (OSError, UnicodeError) as e:
-                raise TransportError("cannot resolve etcd host %r: %s; check host in %s"
-                                     % (self.config.host, getattr(e, "strerror", None) or e,
+                raise TransportError("cannot resolve etcd host %s: %s; check host in %s"
+                                     % (_shown(self.config.host), getattr(e, "strerror", None) or e,
                                         self.config.where("host"))) from None
         return self._addresses
 
-    def request(self, method, path, deadline, form=None, body=None, retry=True):
-        """One request; ``retry``: safe to send again on a new connection."""
+    def request(self, method, path, deadline, form=None, body=None, retry=True,
+                behind=False):
+        """One request.  ``retry``: safe to send again on a new connection.
+        ``behind``: first queue it behind every request still in flight."""
         started = self.clock()
         deadline = min(deadline, started + self.config.read_timeout)
         headers = {}
@@ -712,50 +1006,55 @@ class Transport:
             headers["Content-Type"] = "application/json"
         self.log.debug("%s %s%s" % (method, self.endpoint, path))
         self.log.trace("  body %r" % body)
+        request = Connection.encode(method, self.host_header, path, headers, body)
+        if behind:
+            queued = sum(conn.send_now(request) for conn in self._in_flight)
+            if queued:
+                self.log.debug("  also queued behind %d request(s) in flight" % queued)
         try:
             try:
-                answer = self._exchange(method, path, headers, body, deadline)
+                answer = self._exchange(request, deadline)
             except _Closed:
                 # etcd may have closed the kept-alive connection while we
                 # slept; ask once more on a new one.
-                self.close()
+                self._drop(in_flight=False)
                 if not retry:
                     raise
-                answer = self._exchange(method, path, headers, body, deadline)
+                answer = self._exchange(request, deadline)
         except _NoTime:
-            self.close()
+            self._drop()
             if self.clock() - started < 0.01:
                 raise TransportError("no time was left to ask %s" % self.endpoint) from None
             raise TransportError("%s did not answer within %.1fs" % (
                 self.endpoint, self.clock() - started)) from None
         except _Closed:
+            self._drop(in_flight=False)
             raise TransportError("%s closed the connection without an answer"
                                  % self.endpoint) from None
         except ValueError as e:
-            self.close()
+            self._drop()
             raise TransportError("%s answered in a way etcd would not: %s" % (
                 self.endpoint, e)) from None
         except OSError as e:
-            self.close()
+            self._drop()
             raise TransportError("cannot talk to etcd at %s: %s; check that etcd runs "
                                  "there, and host and port in %s" % (
                                      self.endpoint, e.strerror or e,
                                      self.config.source or "$CTDB_BASE/etcd")) from None
         except BaseException:
-            # Interrupted (SIGTERM, parent gone) mid-request: the connection
-            # is out of step with its answers.
-            self.close()
+            # Interrupted (SIGTERM, parent gone) mid-request.
+            self._drop()
             raise
         status, headers, data, keep_alive = answer
         if not keep_alive:
-            self.close()
+            self._drop()
         self.log.trace("  HTTP %d %r" % (status, data[:500]))
         return Response(status, headers, data, self.endpoint)
 
-    def _exchange(self, method, path, headers, body, deadline):
+    def _exchange(self, request, deadline):
         if self._conn is None:
             self._conn = Connection(self._resolve(), deadline, self.clock, self.watch)
-        return self._conn.exchange(method, self.host_header, path, headers, body, deadline)
+        return self._conn.exchange(request, deadline)
 
 
 # ---------------------------------------------------------------------------
@@ -830,9 +1129,10 @@ class V2Lock:
                 response.endpoint, response.status, response.body[:60]))
         return data
 
-    def _request(self, method, url, deadline, form=None, retry=True):
+    def _request(self, method, url, deadline, form=None, retry=True, behind=False):
         sent = self.transport.clock()
-        response = self.transport.request(method, url, deadline, form=form, retry=retry)
+        response = self.transport.request(method, url, deadline, form=form, retry=retry,
+                                          behind=behind)
         return sent, self._answer(response)
 
     def _entry_url(self):
@@ -921,8 +1221,9 @@ class V2Lock:
             return
         from urllib.parse import urlencode
         try:
+            # Behind any refresh still in flight, which would extend the entry.
             self._request("DELETE", self._entry_url() + "?" + urlencode(
-                {"prevValue": self.value}), deadline)
+                {"prevValue": self.value}), deadline, behind=True)
             self.log.info("gave back our v2 entry in %s" % self.path)
         except EtcdError as e:
             if e.code not in (100, 101):
@@ -953,12 +1254,13 @@ class V3Lock:
         self.lease = None
         self.revision = None  # create_revision of our key
 
-    def _call(self, method, payload, deadline):
+    def _call(self, method, payload, deadline, behind=False):
         """POST to the gateway; (send time, JSON answer)."""
         import json
         sent = self.transport.clock()
         body = json.dumps(payload).encode("ascii")
-        response = self.transport.request("POST", self.prefix + method, deadline, body=body)
+        response = self.transport.request("POST", self.prefix + method, deadline, body=body,
+                                          behind=behind)
         if response.status == 404 and method == "/lease/grant":
             raise ApiNotServed(response.endpoint)
         data = response.json()
@@ -1069,7 +1371,8 @@ class V3Lock:
             return
         lease, self.lease = self.lease, None
         try:
-            self._call("/lease/revoke", {"ID": lease}, deadline)
+            # Behind any keepalive still in flight, which would renew it.
+            self._call("/lease/revoke", {"ID": lease}, deadline, behind=True)
         except EtcdError as e:
             if e.status != 404:  # 404: the lease had expired already
                 raise
@@ -1100,6 +1403,7 @@ class LockSet:
 
     def __init__(self, locks, log):
         self.candidates = locks
+        self.transport = locks[0].transport
         self.held = []
         self.log = log
         self.api = "+".join(lock.api for lock in locks)
@@ -1172,10 +1476,9 @@ class Holder:
     def hold(self):
         """Refresh until the lock is lost (raises LockLost).
 
-        SIGTERM arrives as Terminated and a parent gone as ParentGone, from
-        wherever we are.
+        A signal arrives as Terminated and a parent gone as ParentGone, from
+        the watch's waits.
         """
-        self._arm_backstop()
         # Count from the send time of what set the TTL, not from now.
         next_refresh = self.valid_until - self.config.lock_ttl + self.config.refresh
         failures, last_error = 0, None
@@ -1188,7 +1491,7 @@ class Holder:
                                    now - (self.valid_until - self.config.lock_ttl),
                                    last_error or "etcd did not answer"), fenced=True)
             if now < next_refresh:
-                self.watch.sleep(min(next_refresh, self.fence_at) - now, self.clock)
+                self.watch.sleep(min(next_refresh, self.fence_at) - now)
                 continue
             next_refresh = now + self.config.refresh
             # Leave time for another try on a new connection.
@@ -1208,33 +1511,34 @@ class Holder:
             if failures:
                 self.log.info("refresh works again after %d failures" % failures)
                 failures, last_error = 0, None
-            self._arm_backstop()
+            self.arm_backstop()
 
-    def _arm_backstop(self):
-        # Should anything block past the fence, SIGALRM ends the process
-        # halfway between the fence and the earliest expiry on the server.
-        at = (self.fence_at + self.valid_until) / 2
-        signal.setitimer(signal.ITIMER_REAL, max(at - self.clock(), 0.001))
-
-
-def _disarm_backstop():
-    signal.setitimer(signal.ITIMER_REAL, 0)
+    def arm_backstop(self):
+        """Should anything block past the fence, SIGALRM ends the process
+        halfway between the fence and the earliest expiry on the server."""
+        Backstop.arm((self.fence_at + self.valid_until) / 2 - self.clock(),
+                     "lock lost - still blocked when the lock could expire on etcd; "
+                     "exiting")
 
 
-def _backstop(signum, frame):
-    Log._write("lock lost - still blocked when the lock could expire on etcd; exiting")
-    os._exit(1)
+class Backstop:
+    """SIGALRM ends the process, with a line, should anything still block
+    at a point in time no wait of ours may pass.  Armed from the moment '0'
+    is written until the process ends, and on every way out."""
 
+    why = None
 
-def _terminate(signum, frame):
-    _ignore_signals()  # once: a second SIGTERM must not cut the cleanup short
-    raise Terminated(signum)
+    @classmethod
+    def arm(cls, seconds, why):
+        if cls.why is None:
+            signal.signal(signal.SIGALRM, cls._fire)
+        cls.why = why
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
 
-
-def _ignore_signals():
-    """From here on we are leaving: let no signal interrupt that."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    @classmethod
+    def _fire(cls, signum, frame):
+        Log._write(cls.why)
+        os._exit(1)
 
 
 # ---------------------------------------------------------------------------
@@ -1262,8 +1566,10 @@ class StatusPipe:
     """stdout to ctdbd: one status character, once."""
 
     def __init__(self, fd=1):
+        import stat
         self.fd = fd
         self.written = None
+        self.is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
 
     def write(self, status):
         if self.written is None:
@@ -1271,24 +1577,53 @@ class StatusPipe:
             try:
                 os.write(self.fd, status)
             except BrokenPipeError:
-                raise ParentGone() from None  # nobody reads: ctdbd is gone
+                raise ParentGone("nobody reads stdout") from None
 
     def close(self):
+        """ctdbd reads EOF: after '0', the lock is lost."""
+        if self.fd is not None:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = None
+
+
+def _open_std_fds():
+    """fds 0 and 2 closed at start are opened on /dev/null, so that nothing
+    of ours lands there by chance; False if fd 1 is closed."""
+    for fd in (0, 2, 1):
         try:
-            os.close(self.fd)
+            os.fstat(fd)
         except OSError:
-            pass
+            if fd == 1:
+                return False
+            spare = os.open(os.devnull, os.O_RDWR)
+            if spare != fd:
+                os.dup2(spare, fd)
+                os.close(spare)
+    return True
 
 
 def main(argv=None):
+    # Our parent first, then the signals: either may come at any instant.
+    ppid = os.getppid()
+    Signals.catch()
     log = Log()
+    if not _open_std_fds():
+        # Nobody could hear a status, not even a '0': take nothing.
+        log.error("stdout is closed, so nobody can hear a status; not taking the lock")
+        return 3
+    Log.open()
+    Signals.wake_waits()
     status = StatusPipe()
+    watch = Watch(ppid, stdout=status.fd if status.is_pipe else None)
     try:
-        return run(sys.argv[1:] if argv is None else argv, log, status)
+        return run(sys.argv[1:] if argv is None else argv, log, status, watch)
     except (Terminated, ParentGone):
         return 0
     except Exception as e:  # a bug of ours: still one line, never a traceback
-        _ignore_signals()
+        watch.leave()
         log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
         try:
             status.write(STATUS_ERROR)
@@ -1297,90 +1632,99 @@ def main(argv=None):
         return 3
 
 
-def run(argv, log, status):
-    # Take note of our parent before anything else: it may go at any time.
-    watch = ParentWatch(os.getppid())
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
+def run(argv, log, status, watch):
+    lock = holder = None
     try:
+        if watch.orphan:
+            raise ParentGone("parent gone before we started")
         args = parse_args(argv)
         log.verbose = args.verbose
         path = args.config or os.path.join(os.environ.get("CTDB_BASE", "/etc/ctdb"), "etcd")
         config = read_config(path, required=args.config is not None)
         for warning in config.ignored:
             log.error(warning)
-        config.lock_name = find_lock_name(config)
-        value = holder_value()
-    except ConfigError as e:
-        _ignore_signals()
-        log.error("config error - %s" % e)
-        status.write(STATUS_ERROR)
-        return 3
+        if not status.is_pipe:
+            log.error("stdout is not a pipe: ctdbd would give its helper one, and a "
+                      "reader gone cannot be seen")
+        config.lock_name = find_lock_name(config, watch)
+        value = holder_value(watch)
+        watch.check()
 
-    transport = Transport(config, log, watch)
-    lock = make_lock(config, transport, value, log)
-    try:
+        lock = make_lock(config, Transport(config, log, watch), value, log)
         # Taking the lock may not take longer than the lock would live.
         deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
         valid_until = lock.acquire(deadline)
         if time.monotonic() >= valid_until - config.lock_ttl * FENCE_SHARE:
             raise TransportError("etcd answered too late to trust the lock")
         holder = Holder(lock, config, log, watch, valid_until)
-        signal.signal(signal.SIGALRM, _backstop)
+        holder.arm_backstop()  # from '0' on, nothing may block unguarded
         status.write(STATUS_HELD)
         log.info("took lock %s (%s) as %s" % (config.key, lock.api, value))
         holder.hold()
+    except ConfigError as e:
+        watch.leave()
+        log.error("config error - %s" % e)
+        status.write(STATUS_ERROR)
+        return 3
     except LockContended as e:
-        _ignore_signals()  # ctdbd sends SIGTERM the moment it reads '1'
-        watch.disarm()
+        watch.leave()  # ctdbd sends SIGTERM the moment it reads '1'
         log.info("lock %s is held by %s" % (config.key, e))
         # Whatever we took on the way goes back before we say so; should
         # that fail, it expires by its TTL, and it is still contention.
-        _release(lock, time.monotonic() + 1, log, quiet=True)
+        _release(lock, 1, log, quiet=True)
         status.write(STATUS_CONTENDED)
         return 1
     except (Terminated, ParentGone) as e:
-        _ignore_signals()
-        _disarm_backstop()  # the release has its own deadline
-        watch.disarm()
-        why = "terminated" if isinstance(e, Terminated) else "parent gone"
-        if status.written == STATUS_HELD:
-            log.info("releasing lock %s: %s" % (config.key, why))
+        watch.leave()
+        held = status.written == STATUS_HELD
+        # ctdbd learns that the lock goes before we give it back, not after.
+        status.close()
+        if held:
+            log.info("releasing lock %s: %s" % (
+                config.key, "terminated" if isinstance(e, Terminated) else e))
+        elif isinstance(e, ParentGone):
+            log.info("%s; not taking the lock" % e)
         # Quickly: once our parent is gone, ctdbd may be racing for the lock.
-        _release(lock, time.monotonic() + (0.4 if why == "parent gone" else 2), log,
-                 quiet=status.written != STATUS_HELD)
+        _release(lock, 2 if isinstance(e, Terminated) else 0.4, log, quiet=not held,
+                 until=holder.valid_until if held else None)
         return 0
     except LockLost as e:
-        _ignore_signals()
-        _disarm_backstop()
-        watch.disarm()
+        watch.leave()
+        status.close()  # first: ctdbd must not count on the lock a moment longer
         log.error("lock lost - %s" % e)
-        # ctdbd learns of the loss when our stdout closes: before we give
-        # back what may still be ours, not after.
-        status.close()
-        if not e.fenced:
-            _release(lock, time.monotonic() + 1, log, quiet=True)
+        # Refreshes of ours may still be on their way to etcd, and each
+        # would extend the lock: release() queues its compare-and-delete
+        # behind them.
+        _release(lock, 1, log, quiet=True, until=holder.valid_until)
         return 1
     except EtcdLockError as e:
-        _ignore_signals()
-        watch.disarm()
+        watch.leave()
         log.error("cannot take lock %s - %s" % (config.key, e))
         status.write(STATUS_ERROR)
         # Give back whatever we may have taken (a create whose answer was
         # lost); the status went first, so ctdbd need not wait for this.
-        _release(lock, time.monotonic() + 1, log, quiet=True)
+        _release(lock, 1, log, quiet=True)
         return 3
 
 
-def _release(lock, deadline, log, quiet=False):
-    """Give the lock back; a failure is one line (at -v only, if quiet)."""
+def _release(lock, seconds, log, quiet=False, until=None):
+    """Give the lock back within seconds; a failure is one line (at -v only,
+    if quiet).  ``until``: once '0' was written, the lock's earliest expiry,
+    which the process never outlives.  The backstop guards this wait too."""
+    if lock is None:
+        return
+    hard_stop = seconds + 1
+    if until is not None:
+        left = until - time.monotonic()
+        seconds, hard_stop = min(seconds, left / 2), min(hard_stop, left * 0.9)
+    Backstop.arm(hard_stop, "still blocked giving the lock back; exiting")
     try:
-        lock.release(deadline)
+        lock.release(time.monotonic() + seconds)
     except EtcdLockError as e:
         (log.info if quiet else log.error)(
             "could not release lock - %s; it expires by its TTL" % e)
-    except ParentGone:
-        pass
+    finally:
+        lock.transport.close()  # without a reset, so etcd reads all we queued
 
 
 if __name__ == "__main__":
