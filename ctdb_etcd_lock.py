@@ -48,6 +48,12 @@ also needs those in step, without jumps.)  There is no fencing token: a holder t
 SIGSTOP) longer than lock_ttl can wake up believing it holds the lock for a
 moment, as with any lease.
 
+Nothing may hold the helper up past that moment.  Signal handlers only take
+note; the one poll() every wait goes through acts on them, and also watches
+the parent and stdout's reader.  Log writes never block (ctdbd may stop
+reading our stderr).  Every way out after '0' closes stdout first, and queues
+the release behind any refresh still in flight, which would extend the lock.
+
 Settings (file $CTDB_BASE/etcd, ``key = value``; defaults in brackets):
     host [127.0.0.1]  port [2379]  protocol [http]  version_prefix [/v2]
     read_timeout [60]  lock_ttl [9]  refresh [2] (alias: lock_refresh)
@@ -249,7 +255,7 @@ class Setting:
 
 def _integer(low, high):
     def parse(text):
-        if not (text.isdigit() and len(text) <= 9):
+        if not (0 < len(text) <= 9 and text.strip("0123456789") == ""):
             raise ValueError("%s is not a whole number from %d to %d"
                              % (_shown(text), low, high))
         value = int(text)
@@ -531,7 +537,7 @@ class Signals:
                 signal.set_wakeup_fd(write_end)
             cls.wakeup = read_end
         except (AttributeError, OSError, ValueError):
-            pass  # no wakeup: a poll sees the signal when it ends
+            pass  # no wakeup: polls wake every Watch.POLL seconds to look
 
     @classmethod
     def _note(cls, signum, frame):
@@ -598,7 +604,7 @@ class Watch:
             left = deadline - self.clock()
             if left <= 0:
                 raise _NoTime()
-            if self.armed and self.fd is None:
+            if (self.armed and self.fd is None) or Signals.wakeup is None:
                 left = min(left, self.POLL)
             poller = select.poll()
             for fd in readers:
@@ -659,12 +665,13 @@ MAX_OUTPUT = 65536  # bytes we read from testparm or ctdb
 def run_quietly(argv, timeout, watch):
     """stdout of a command, or None if it fails, is missing, says too much or
     does not finish within timeout seconds.  Waited for through the watch: a
-    signal or our parent's end kills it, and is raised here."""
+    signal or our parent's end kills it (with its own children: it runs in a
+    process group of its own), and is raised here."""
     import subprocess
     deadline = watch.clock() + timeout
     try:
         child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL)
+                                 stderr=subprocess.DEVNULL, start_new_session=True)
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
     out = b""
@@ -690,9 +697,11 @@ def run_quietly(argv, timeout, watch):
     except (_NoTime, OSError):
         return None
     finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
+        try:
+            os.killpg(child.pid, signal.SIGKILL)  # what it left behind, too
+        except OSError:
+            pass
+        child.wait()
         child.stdout.close()
     if child.returncode != 0:
         return None
@@ -1517,8 +1526,8 @@ class Holder:
         """Should anything block past the fence, SIGALRM ends the process
         halfway between the fence and the earliest expiry on the server."""
         Backstop.arm((self.fence_at + self.valid_until) / 2 - self.clock(),
-                     "lock lost - still blocked when the lock could expire on etcd; "
-                     "exiting")
+                     "lock lost - still here when the lock could expire on etcd "
+                     "(stopped, or blocked); exiting")
 
 
 class Backstop:
@@ -1715,8 +1724,9 @@ def _release(lock, seconds, log, quiet=False, until=None):
         return
     hard_stop = seconds + 1
     if until is not None:
-        left = until - time.monotonic()
-        seconds, hard_stop = min(seconds, left / 2), min(hard_stop, left * 0.9)
+        # Past it already (we were stopped): queue the release, wait for nothing.
+        left = max(until - time.monotonic(), 0)
+        seconds, hard_stop = min(seconds, left / 2), max(min(hard_stop, left * 0.9), 0.1)
     Backstop.arm(hard_stop, "still blocked giving the lock back; exiting")
     try:
         lock.release(time.monotonic() + seconds)
@@ -1728,4 +1738,9 @@ def _release(lock, seconds, log, quiet=False, until=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Done: a late signal must not kill the interpreter on its way out
+    # (Python restores the default action of signals it handled).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)

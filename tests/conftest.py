@@ -78,28 +78,68 @@ def stubs(tmp_path):
 
 
 class Helper:
-    """A running helper: its status byte, stderr and exit."""
+    """A running helper (or a wrapper around one) with chosen stdin, stdout
+    and stderr: its status byte, stderr and exit.
 
-    def __init__(self, argv, env, cwd):
-        self.stderr_path = os.path.join(cwd, "stderr-%s" % uuid.uuid4().hex[:6])
-        self._stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self._stderr, env=env, cwd=cwd)
+    stdout, when a pipe, is read unbuffered: the status byte, then EOF.
+    stderr, unless given, goes to a file the test can read.
+    """
+
+    def __init__(self, argv, env, cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                 stderr=None):
+        self.stderr_path = None
+        self._stderr = None
+        if stderr is None:
+            self.stderr_path = os.path.join(cwd, "stderr-%s" % uuid.uuid4().hex[:6])
+            self._stderr = stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=stderr,
+                                     env=env, cwd=cwd, bufsize=0)
         self._status = None
+        self.after_status = b""
         self.started = time.monotonic()
+
+    def _read(self, timeout):
+        """One read of stdout: bytes, b'' at EOF, None if nothing within timeout."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], max(timeout, 0))
+        return os.read(self.proc.stdout.fileno(), 64) if ready else None
 
     def status(self, timeout=15):
         """The one status character, or '' for EOF before it."""
         if self._status is None:
-            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-            assert ready, "no status byte within %ss; stderr: %s" % (timeout, self.stderr())
-            self._status = self.proc.stdout.read(1).decode()
+            data = self._read(timeout)
+            assert data is not None, "no status byte within %ss; stderr: %s" % (
+                timeout, self.stderr())
+            self._status, self.after_status = data[:1].decode(), data[1:]
         return self._status
+
+    def status_now(self):
+        """The status if one was written (or EOF came), else None; never waits."""
+        if self._status is None:
+            data = self._read(0)
+            if data is None:
+                return None
+            self._status, self.after_status = data[:1].decode(), data[1:]
+        return self._status
+
+    def eof(self, timeout):
+        """True once stdout reaches EOF within timeout (after the status)."""
+        deadline = time.monotonic() + timeout
+        if self.status_now() is None:
+            self.status(timeout)
+        if self._status == "":
+            return True
+        while True:
+            data = self._read(deadline - time.monotonic())
+            if data is None:
+                return False
+            if data == b"":
+                return True
+            self.after_status += data
 
     def rest_of_stdout(self):
         """Everything after the status byte (must be nothing); waits for exit."""
         self.wait()
-        return self.proc.stdout.read()
+        return self.after_status + self.proc.stdout.read()
 
     def wait(self, timeout=15):
         try:
@@ -117,6 +157,8 @@ class Helper:
         return self.wait()
 
     def stderr(self):
+        if self.stderr_path is None:
+            return "(stderr is the test's own)"
         self._stderr.flush()
         with open(self.stderr_path, "rb") as f:
             return f.read().decode("utf-8", "replace")
@@ -128,8 +170,10 @@ class Helper:
         if self.running():
             self.proc.kill()
             self.proc.wait()
-        self.proc.stdout.close()
-        self._stderr.close()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        if self._stderr:
+            self._stderr.close()
 
 
 def helper_env(stubs, ctdb_base, **extra):
@@ -160,9 +204,13 @@ def started():
 def spawn(tmp_path, stubs, lock_name, started):
     """spawn(etcd, api=..., **settings) starts our helper with a config file.
 
-    Short TTLs keep the suite quick: lock_ttl 3, refresh 0.5 unless given.
+    Short TTLs keep the suite quick: lock_ttl 3, refresh 0.5 unless given;
+    a setting given as None is left out.  ``wrap`` goes before the helper's
+    path (a shell that closes fds, a Python wrapper); ``path`` replaces the
+    stand-ins' directory on PATH; stdin, stdout and stderr as for Popen.
     """
-    def start(etcd=None, args=("-v",), config=None, env=None, **settings):
+    def start(etcd=None, args=("-v",), config=None, env=None, wrap=(), path=None,
+              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None, **settings):
         if config is None:
             values = {"lock_ttl": 3, "refresh": 0.5, "lock_name": lock_name}
             if etcd is not None:
@@ -170,8 +218,9 @@ def spawn(tmp_path, stubs, lock_name, started):
             values.update(settings)
             config = write_config(str(tmp_path / ("etcd-%d" % len(started))),
                                   {k: v for k, v in values.items() if v is not None})
-        argv = [HELPER] + list(args) + (["-c", config] if config else [])
-        helper = Helper(argv, helper_env(stubs, tmp_path, **(env or {})), str(tmp_path))
+        argv = list(wrap) + [HELPER] + list(args) + (["-c", config] if config else [])
+        helper = Helper(argv, helper_env(path or stubs, tmp_path, **(env or {})),
+                        str(tmp_path), stdin=stdin, stdout=stdout, stderr=stderr)
         started.append(helper)
         return helper
 
@@ -200,32 +249,58 @@ def spawn_original(tmp_path, stubs, lock_name, started):
     return start
 
 
+def delete_held(etcd, where, key):
+    """Delete the lock a helper holds, behind its back (v2: its entry)."""
+    if where == "v2":
+        etcd.v2("DELETE", etcd.v2_entries(key)[0]["key"])
+    else:
+        etcd.v3_delete(key)
+
+
+def replace_held(etcd, where, key):
+    """Put another value where a helper holds the lock."""
+    if where == "v2":
+        etcd.v2("PUT", etcd.v2_entries(key)[0]["key"], value="someone else")
+    else:
+        etcd.v3_put(key, "someone else")
+
+
 @pytest.fixture
 def key(lock_name):
     return "/_locks/_ctdb/" + lock_name
 
 
+# A stand-in for ctdbd: starts the helper (stdout and stderr its own, so
+# ours to read), notes the helper's pid, and sleeps until killed.
+PARENT = ("import os, subprocess, sys, time\n"
+          "p = subprocess.Popen(sys.argv[2:])\n"
+          "open(sys.argv[1] + '.tmp', 'w').write(str(p.pid))\n"
+          "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
+          "time.sleep(600)\n")
+
+
 @pytest.fixture
 def spawn_under_parent(tmp_path):
-    """spawn_under_parent(config_path, helper_argv=None) -> (parent, helper pid).
+    """spawn_under_parent(config, helper_argv=None, env=None, status="0")
+    -> (parent, helper pid).
 
-    A stand-in for ctdbd: a process that starts the helper (its stdout is
-    ours to read the status from) and can then be killed.
+    The helper runs under a stand-in for ctdbd that the test can kill;
+    ``status``: the byte to wait for on its stdout first (None: no wait).
+    Helpers still running at the end are killed.
     """
-    parents = []
+    parents, helpers = [], []
 
-    def start(config, helper_argv=None):
-        pidfile = tmp_path / ("helper-%d.pid" % len(parents))
+    def start(config, helper_argv=None, env=None, status="0"):
+        pidfile = str(tmp_path / ("helper-%d.pid" % len(parents)))
         parent = subprocess.Popen(
-            [sys.executable, "-c", "import subprocess, sys, time\n"
-             "p = subprocess.Popen(sys.argv[1:])\n"
-             "open(%r, 'w').write(str(p.pid))\n"
-             "time.sleep(600)\n" % str(pidfile)] + (helper_argv or [HELPER])
-            + ["-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [sys.executable, "-c", PARENT, pidfile] + (helper_argv or [HELPER])
+            + ["-c", str(config)], env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         parents.append(parent)
-        assert parent.stdout.read(1) == b"0"
-        pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text(), 5,
-                           "the helper's pid"))
+        if status is not None:
+            assert parent.stdout.read(1) == status.encode()
+        pid = int(wait_for(lambda: read_text(pidfile), 5, "the helper's pid"))
+        helpers.append(pid)
         return parent, pid
 
     yield start
@@ -234,3 +309,51 @@ def spawn_under_parent(tmp_path):
         parent.wait()
         parent.stdout.close()
         parent.stderr.close()
+    for pid in helpers:
+        kill_if_ours(pid, HELPER)
+
+
+def read_text(path):
+    """The file's text, or '' while it does not exist."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
+def kill_if_ours(pid, marker):
+    """SIGKILL a process a test started indirectly, if it is still the one."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            if marker.encode() in f.read():
+                os.kill(pid, signal.SIGKILL)
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+
+
+def alive(pid):
+    """Running (a zombie is gone as far as etcd is concerned; init reaps it)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def held_apis(api, etcd):
+    """The keyspaces a helper of this api holds the lock in on this etcd."""
+    if api == "auto":
+        return ["v3", "v2"] if etcd.serves_v2 else ["v3"]
+    return [api]
+
+
+def own_testparm(tmp_path, stubs, name, body):
+    """PATH with a testparm of our own (a shell script's body) before the
+    other stand-ins."""
+    bindir = tmp_path / name
+    bindir.mkdir()
+    script = bindir / "testparm"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return str(bindir) + os.pathsep + stubs

@@ -2,11 +2,14 @@
 and one clear line (status 3) for every mistake."""
 
 import os
+import time
+import uuid
 
 import pytest
 
 import ctdb_etcd_lock
-from conftest import write_config
+from conftest import HELPER, Helper, helper_env, write_config
+from etcdmember import free_port, wait_for
 
 
 def one_error_line(helper):
@@ -86,7 +89,7 @@ def test_missing_named_file_is_an_error(spawn, tmp_path):
 def test_unreadable_file_is_an_error(spawn, tmp_path):
     (tmp_path / "adir").mkdir()
     line = one_error_line(spawn(config=str(tmp_path / "adir"), args=()))
-    assert "cannot read config file" in line and "adir" in line
+    assert "not a regular file" in line and "adir" in line
 
 
 @pytest.mark.parametrize("args", [("--frobnicate",), ("-h",), ("-c",)])
@@ -178,3 +181,213 @@ def test_expected_cluster_id(spawn, tmp_path, etcd34, lock_name, api):
     wrong = spawn(etcd34, api=api, args=(), expected_cluster_id="abc")
     line = one_error_line(wrong)
     assert "belongs to cluster %s, not expected_cluster_id abc" % cluster in line
+
+
+# ---------------------------------------------------------------------------
+# Files that are no config file, a BOM, the shortest refresh, version_prefix
+# as a URL path, values too long to quote whole, a testparm that hangs.
+
+# Reading /dev/zero to its end never ends: a helper that tries would eat all
+# memory, so these run with their address space capped.
+CAPPED = 'ulimit -v 1048576 && exec "$@"'
+
+
+def spawn_capped(started, stubs, tmp_path, config):
+    helper = Helper(["sh", "-c", CAPPED, "sh", HELPER, "-c", config],
+                    helper_env(stubs, tmp_path), str(tmp_path))
+    started.append(helper)
+    return helper
+
+
+@pytest.mark.parametrize("kind", ["fifo", "/dev/zero", "directory"])
+def test_config_that_is_no_regular_file_is_refused_at_once(started, stubs, tmp_path, kind):
+    if kind == "fifo":  # nobody ever writes to it: opening it to read would hang
+        path = str(tmp_path / "etcd.fifo")
+        os.mkfifo(path)
+    elif kind == "directory":
+        path = str(tmp_path / "etcd.d")
+        os.mkdir(path)
+    else:
+        path = kind
+    begun = time.monotonic()
+    helper = spawn_capped(started, stubs, tmp_path, path)
+    assert helper.status(timeout=2) == "3"
+    assert time.monotonic() - begun < 2
+    line = one_error_line(helper)
+    assert path in line, line
+    if kind != "directory":
+        assert "not a regular file" in line, line
+
+
+def write_padded(path, text, size):
+    """text, then comment lines up to exactly size bytes."""
+    data = text.encode()
+    while len(data) < size:
+        data += b"#" + b"x" * min(62, size - len(data) - 2) + b"\n"
+    assert len(data) == size
+    path.write_bytes(data)
+    return str(path)
+
+
+def test_config_file_over_64_kib_is_refused(spawn, tmp_path):
+    path = write_padded(tmp_path / "etcd", "lock_name = big\nport = %d\n" % free_port(),
+                        64 * 1024 + 1)
+    line = one_error_line(spawn(config=path, args=()))
+    assert path in line and "64 KiB" in line, line
+
+
+def test_config_file_of_64_kib_is_read(spawn, tmp_path, etcd34, key, lock_name):
+    path = write_padded(tmp_path / "etcd", "port = %d\nlock_ttl = 3\nrefresh = 0.5\n"
+                        "lock_name = %s\napi = v2\n" % (etcd34.port, lock_name), 64 * 1024)
+    helper = spawn(config=path, args=())
+    assert helper.status() == "0", helper.stderr()
+    assert "pid=%d" % helper.proc.pid in (etcd34.v2_value(key) or "")
+    assert helper.terminate() == 0
+    assert helper.stderr() == ""
+
+
+def test_utf8_bom_is_ignored(spawn, tmp_path, etcd34, key, lock_name):
+    # Editors on other systems start UTF-8 files with a BOM; the first line
+    # is still lock_name, not an unknown setting "\ufefflock_name".
+    path = tmp_path / "etcd"
+    path.write_bytes(b"\xef\xbb\xbf" + ("lock_name = %s\nport = %d\nlock_ttl = 3\n"
+                                        "refresh = 0.5\napi = v2\n"
+                                        % (lock_name, etcd34.port)).encode())
+    helper = spawn(config=str(path), args=(),
+                   env={"STUB_NETBIOS_NAME": "not-" + lock_name})
+    assert helper.status() == "0", helper.stderr()
+    value = etcd34.v2_value(key)
+    assert value and "pid=%d" % helper.proc.pid in value, (key, value, helper.stderr())
+    assert helper.terminate() == 0
+    assert helper.stderr() == ""
+
+
+@pytest.mark.parametrize("refresh", ["0.000001", "0.05"])
+def test_refresh_below_a_tenth_of_a_second_is_refused(spawn, tmp_path, refresh):
+    path = tmp_path / "etcd"
+    path.write_text("refresh = %s\nlock_ttl = 3\nlock_name = x\nport = %d\n"
+                    % (refresh, free_port()))
+    line = one_error_line(spawn(config=str(path), args=()))
+    assert "config error" in line and str(path) + ":1" in line, line
+    said = line.replace(str(path), "FILE")
+    assert "refresh" in said and "0.1" in said, line
+
+
+def test_refresh_of_a_tenth_of_a_second_is_accepted(spawn, etcd34, key):
+    helper = spawn(etcd34, args=(), api="v3", lock_ttl=3, refresh=0.1)
+    assert helper.status() == "0", helper.stderr()
+    first = etcd34.v3_kv(key)
+    assert first and "pid=%d" % helper.proc.pid in etcd34.v3_value(key)
+    assert helper.running()
+    assert helper.terminate() == 0
+    assert helper.stderr() == ""
+
+
+VERSION_PREFIXES = [("space", "/v2 x"), ("question mark", "/v2?x"), ("hash", "/v2#x"),
+                    ("percent", "/v2%x"), ("control char", "/v2\x01x"), ("DEL", "/v2\x7fx")]
+
+
+@pytest.mark.parametrize("prefix", [case[1] for case in VERSION_PREFIXES],
+                         ids=[case[0] for case in VERSION_PREFIXES])
+def test_version_prefix_must_be_a_url_path(spawn, tmp_path, prefix):
+    # A config error, found before etcd is asked (nothing listens on the port).
+    path = tmp_path / "etcd"
+    path.write_text("lock_name = x\nport = %d\nversion_prefix = %s\n" % (free_port(), prefix))
+    line = one_error_line(spawn(config=str(path), args=()))
+    assert "config error" in line and str(path) + ":3" in line and "version_prefix" in line, line
+
+
+def assert_short_lines(helper, limit=500):
+    lines = helper.stderr_lines()
+    assert lines, "nothing on stderr"
+    for line in lines:
+        assert len(line) < limit, "a line of %d characters: %s..." % (len(line), line[:200])
+    return lines
+
+
+LONG_VALUES = [
+    ("lock_name", "lock_name = %s/%s\n" % ("n" * 30000, "m" * 29999)),
+    ("port", "port = %s\n" % ("9" * 50000)),
+]
+
+
+@pytest.mark.parametrize("setting,text", LONG_VALUES, ids=[case[0] for case in LONG_VALUES])
+def test_long_values_are_cut_in_messages(spawn, tmp_path, setting, text):
+    path = tmp_path / "etcd"
+    path.write_text(text)
+    helper = spawn(config=str(path), args=())
+    assert helper.status() == "3"
+    assert helper.wait() == 3
+    [line] = assert_short_lines(helper)
+    assert str(path) + ":1" in line and setting in line, line
+
+
+def test_long_unknown_setting_is_cut_in_its_warning(spawn, tmp_path, etcd34, lock_name):
+    path = write_config(str(tmp_path / "etcd"), {
+        "port": etcd34.port, "lock_ttl": 3, "refresh": 0.5, "lock_name": lock_name,
+        "k" * 50000: 1})
+    helper = spawn(config=path, args=())
+    assert helper.status() == "0", helper.stderr()[:1000]
+    assert helper.terminate() == 0
+    [line] = assert_short_lines(helper)
+    assert path + ":5" in line and "unknown setting" in line, line
+
+
+def test_long_netbios_name_is_cut_in_the_message(spawn, stubs, etcd34):
+    # 2 MB of netbios name, with a '/' that makes it no lock name.
+    with open(os.path.join(stubs, "testparm"), "w") as f:
+        f.write("#!/bin/sh\nprintf 'NB/'\nhead -c 2000000 /dev/zero | tr '\\0' N\necho\n")
+    helper = spawn(etcd34, lock_name=None, args=())
+    assert helper.status() == "3"
+    assert helper.wait() == 3
+    [line] = assert_short_lines(helper)
+    assert line.startswith("ctdb_etcd_lock: ") and "lock_name" in line, line
+
+
+def processes_with(marker):
+    """Pids of live processes whose environment holds marker."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/environ" % pid, "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+# The stub is the sleeping process itself, or a shell waiting on its child
+# (which holds the stdout pipe): neither may be left behind.
+HANGING_TESTPARM = {"stub sleeps": "#!/bin/sh\nexec sleep 30\n",
+                    "stub's child sleeps": "#!/bin/sh\nsleep 30\necho late\n"}
+
+
+@pytest.mark.parametrize("stub", sorted(HANGING_TESTPARM))
+def test_hanging_testparm_is_cut_short_and_killed(spawn, stubs, etcd34, stub):
+    # A testparm stuck on a dead winbind or a locked tdb: ctdbd waits for
+    # the status, so the helper must not, and leaves nothing behind.
+    mark = "STUB_MARK=%s" % uuid.uuid4().hex
+    with open(os.path.join(stubs, "testparm"), "w") as f:
+        f.write(HANGING_TESTPARM[stub])
+    try:
+        begun = time.monotonic()
+        helper = spawn(etcd34, lock_name=None, args=(), env=dict([mark.split("=", 1)]))
+        assert helper.status(timeout=8) == "3"
+        took = time.monotonic() - begun
+        assert took < 4.5, "status 3 after %.1fs" % took
+        line = one_error_line(helper)
+        assert "lock_name" in line and "testparm" in line, line
+        try:
+            wait_for(lambda: not processes_with(mark.encode()), 2, "the testparm stub to go")
+        except AssertionError:
+            raise AssertionError("the testparm stub is still running 2s after the helper "
+                                 "exited: pids %r" % processes_with(mark.encode())) from None
+    finally:
+        for pid in processes_with(mark.encode()):
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass

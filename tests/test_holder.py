@@ -8,7 +8,7 @@ import time
 import pytest
 
 import ctdb_etcd_lock
-from conftest import HELPER, SYSTEM_PYTHON
+from conftest import HELPER, SYSTEM_PYTHON, alive, delete_held, held_apis, replace_held
 from etcdmember import free_port, wait_for
 
 # Every API on every flavour that serves it (test_v2 checks api = v2 on an
@@ -30,13 +30,6 @@ def etcd(case, etcd_members):
 @pytest.fixture
 def api(case):
     return case[1]
-
-
-def held_apis(api, etcd):
-    """The keyspaces a helper of this api holds the lock in on this etcd."""
-    if api == "auto":
-        return ["v3", "v2"] if etcd.serves_v2 else ["v3"]
-    return [api]
 
 
 def test_take_and_contend(etcd, api, spawn, key):
@@ -115,32 +108,8 @@ def test_parent_gone_releases_within_half_a_second(etcd, api, key, tmp_path, wat
     wait_for(lambda: all(etcd.value(where, key) is None
                          for where in held_apis(api, etcd)), 2, "the key to be released")
     released = time.monotonic() - killed
-    wait_for(lambda: not _alive(helper_pid), 2, "the helper to exit")
+    wait_for(lambda: not alive(helper_pid), 2, "the helper to exit")
     assert released < 0.5 + 0.2, released  # 0.2 s for this test's own polling
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone as far as etcd is concerned; init reaps it.
-    with open("/proc/%d/stat" % pid) as f:
-        return f.read().split(")")[-1].split()[0] != "Z"
-
-
-def _delete(etcd, where, key):
-    if where == "v2":
-        etcd.v2("DELETE", etcd.v2_entries(key)[0]["key"])
-    else:
-        etcd.v3_delete(key)
-
-
-def _replace(etcd, where, key):
-    if where == "v2":
-        etcd.v2("PUT", etcd.v2_entries(key)[0]["key"], value="someone else")
-    else:
-        etcd.v3_put(key, "someone else")
 
 
 @pytest.mark.parametrize("change", ["deleted", "replaced"])
@@ -148,7 +117,7 @@ def test_lock_no_longer_ours_exits_within_a_refresh(etcd, api, spawn, key, chang
     holder = spawn(etcd, api=api, args=(), refresh=0.5)
     assert holder.status() == "0"
     where = held_apis(api, etcd)[-1]
-    (_delete if change == "deleted" else _replace)(etcd, where, key)
+    (delete_held if change == "deleted" else replace_held)(etcd, where, key)
     changed = time.monotonic()
     holder.wait(timeout=3)
     assert time.monotonic() - changed < 0.5 + 0.5  # one refresh interval, plus slack
@@ -159,7 +128,7 @@ def test_lock_no_longer_ours_exits_within_a_refresh(etcd, api, spawn, key, chang
     assert etcd.value(where, key) == expected
     assert holder.rest_of_stdout() == b""
     if change == "replaced":
-        _delete(etcd, where, key)
+        delete_held(etcd, where, key)
 
 
 def test_lock_expired_while_helper_stopped(etcd, api, spawn, key):
@@ -303,7 +272,7 @@ def test_parent_gone_while_etcd_is_silent(own_etcd, tmp_path, key, spawn_under_p
         parent.kill()
         parent.wait()
         killed = time.monotonic()
-        wait_for(lambda: not _alive(helper_pid), 3, "the helper to exit")
+        wait_for(lambda: not alive(helper_pid), 3, "the helper to exit")
         assert time.monotonic() - killed < 0.5 + 0.2
     finally:
         etcd.resume()

@@ -1,0 +1,314 @@
+"""Networks that misbehave between the helper and a real etcd: client
+traffic delayed on its way (late refreshes must not keep the lock alive
+after the helper fenced itself), and a host name whose first address
+silently drops packets (each address gets its share of the deadline).
+
+Only loopback addresses, and a private mount namespace for /etc/hosts."""
+
+import os
+import queue
+import select
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from conftest import HELPER, Helper, held_apis, helper_env, write_config
+from etcdmember import wait_for
+
+
+# ---------------------------------------------------------------------------
+# A TCP proxy whose client->server direction can be delayed at runtime
+
+class DelayProxy:
+    """Listens on 127.0.0.1; forwards each connection to 127.0.0.1:port.
+
+    etcd -> client bytes go at once.  client -> etcd bytes are queued with a
+    send time (the time they were read plus ``delay`` as it is then) and go
+    in order; the client's end of stream is queued the same way (FIN_GRACE
+    later), so bytes a client sent before it went away still reach etcd,
+    late, as on a slow network.
+    """
+
+    # A client's end of stream reaches etcd this long after its last bytes:
+    # etcd's v3 gateway cancels a request whose client has gone, and a FIN
+    # right behind the helper's last request would test that race, not the
+    # helper.
+    FIN_GRACE = 1.0
+
+    def __init__(self, port):
+        self.port_upstream = port
+        self.delay = 0.0
+        self.closed = threading.Event()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.RLock()
+        self.sockets = [self.listener]
+        self.threads = []
+        self.connections = 0
+        self._start(self._accept)
+
+    def _start(self, target, *args):
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        with self.lock:
+            self.threads.append(thread)
+        thread.start()
+
+    def _accept(self):
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.port_upstream), 5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self.lock:  # close() sees these sockets and threads, or we see it
+                if self.closed.is_set():
+                    client.close()
+                    upstream.close()
+                    return
+                self.sockets += [client, upstream]
+                self.connections += 1
+                pending = queue.Queue()
+                self._start(self._client_reader, client, pending)
+                self._start(self._delayed_sender, upstream, pending)
+                self._start(self._upstream_reader, upstream, client)
+
+    def _client_reader(self, client, pending):
+        while True:
+            try:
+                data = client.recv(65536)
+            except OSError:
+                data = b""
+            pending.put((time.monotonic() + self.delay + (0 if data else self.FIN_GRACE),
+                         data or None))
+            if not data:
+                return
+
+    def _delayed_sender(self, upstream, pending):
+        while not self.closed.is_set():
+            try:
+                when, data = pending.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if self.closed.wait(max(0.0, when - time.monotonic())):
+                return
+            try:
+                if data is None:
+                    upstream.shutdown(socket.SHUT_WR)
+                    return
+                upstream.sendall(data)
+            except OSError:
+                return
+
+    def _upstream_reader(self, upstream, client):
+        # After the client is gone, keep reading (and dropping) etcd's answers
+        # until etcd closes: requests still on their way must be served.
+        client_ok = True
+        while True:
+            try:
+                data = upstream.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            if client_ok:
+                try:
+                    client.sendall(data)
+                except OSError:
+                    client_ok = False
+        try:
+            client.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def close(self):
+        with self.lock:
+            self.closed.set()
+            sockets, threads = list(self.sockets), list(self.threads)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+        for thread in threads:
+            thread.join(5)
+        assert not any(thread.is_alive() for thread in threads), "proxy threads left running"
+
+
+@pytest.fixture
+def delay_proxy():
+    proxies = []
+
+    def start(port):
+        proxy = DelayProxy(port)
+        proxies.append(proxy)
+        return proxy
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
+
+def ours_in_etcd(etcd, key, where, value):
+    """Is our lock (by its value) still in etcd, asked directly?"""
+    if where == "v2":
+        return any(entry.get("value") == value for entry in etcd.v2_entries(key))
+    return etcd.v3_value(key) == value
+
+
+def stdout_eof(helper, timeout):
+    """Wait for EOF on the helper's stdout (after its status byte); its time."""
+    ready, _, _ = select.select([helper.proc.stdout], [], [], timeout)
+    assert ready, "stdout still open after %.1fs; stderr: %s" % (timeout, helper.stderr())
+    assert os.read(helper.proc.stdout.fileno(), 64) == b"", "more than one status byte"
+    return time.monotonic()
+
+
+@pytest.mark.parametrize("api", ["v2", "v3", "auto"])
+def test_delayed_refreshes_do_not_outlive_the_helper(etcd34, spawn, delay_proxy, key, api):
+    lock_ttl, delay = 3, 2.5
+    proxy = delay_proxy(etcd34.port)
+    helper = spawn(port=proxy.port, api=api, lock_ttl=lock_ttl, refresh=0.5)
+    assert helper.status() == "0"
+    values = {where: etcd34.value(where, key) for where in held_apis(api, etcd34)}
+    for where, value in values.items():
+        assert value and "pid=%d" % helper.proc.pid in value, (where, value)
+
+    # From now on every byte to etcd arrives 2.5 s late: refreshes are
+    # answered too late to count, but do arrive.
+    proxy.delay = delay
+    delayed = time.monotonic()
+
+    # It fences itself: stdout closed, "lock lost", the process gone, within lock_ttl
+    # of the delay's start (a little slack for this test's own polling).
+    eof = stdout_eof(helper, lock_ttl + 2)
+    assert eof - delayed <= lock_ttl + 0.25, (
+        "stdout closed %.2fs after the delay began, lock_ttl is %ds" % (eof - delayed, lock_ttl))
+    helper.wait(timeout=max(0.01, delayed + lock_ttl + 0.25 - time.monotonic()))
+    exited = time.monotonic()
+    assert "lock lost" in helper.stderr(), helper.stderr()
+
+    # Asked directly: the lock is gone within lock_ttl of the exit, whatever
+    # late refreshes the network still delivers.
+    def gone():
+        return not any(ours_in_etcd(etcd34, key, where, value)
+                       for where, value in values.items())
+    try:
+        wait_for(gone, max(0.0, exited + lock_ttl - time.monotonic()),
+                 "the lock to be gone from etcd")
+    except AssertionError:
+        raise AssertionError(
+            "%s lock still in etcd %.1fs after the helper exited (lock_ttl %ds); "
+            "v2 entries: %r, v3 value: %r" % (
+                api, time.monotonic() - exited, lock_ttl, etcd34.v2_entries(key),
+                etcd34.v3_value(key))) from None
+
+    contender = spawn(etcd34, api=api)
+    assert contender.status() == "0", contender.stderr()
+    assert contender.terminate() == 0
+
+
+# ---------------------------------------------------------------------------
+# A host name with two addresses, the first dropping every SYN
+
+def black_hole(address, port):
+    """A listener at address:port whose accept queue is full: later SYNs are
+    dropped without an answer.  Returns the sockets (to close)."""
+    listener = socket.socket()
+    sockets = [listener]
+    try:
+        listener.bind((address, port))
+        listener.listen(0)
+        for _ in range(16):
+            filler = socket.socket()
+            sockets.append(filler)
+            filler.setblocking(False)
+            filler.connect_ex((address, port))
+            _, writable, _ = select.select([], [filler], [], 0.3)
+            if not writable:  # this one's SYN went unanswered: the queue is full
+                break
+        else:
+            raise AssertionError("the accept queue of %s:%d never filled" % (address, port))
+        probe = socket.socket()
+        sockets.append(probe)
+        probe.settimeout(0.5)
+        try:
+            probe.connect((address, port))
+        except socket.timeout:
+            pass
+        else:
+            raise AssertionError("a connect to %s:%d was answered" % (address, port))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
+
+
+IN_NAMESPACE = ('mount --bind "$1" /etc/hosts && '
+                '{ [ -z "$2" ] || mount --bind "$2" /etc/gai.conf; } && shift 2 && exec "$@"')
+
+
+def in_namespace(hosts, gai, argv):
+    """argv run in a private mount namespace that sees our hosts (and gai.conf)."""
+    return ["unshare", "-m", "sh", "-c", IN_NAMESPACE, "sh", hosts, gai] + list(argv)
+
+
+def test_second_address_is_tried_in_time(etcd34, tmp_path, stubs, started, key, lock_name):
+    # etcd listens on 127.0.0.1:P only; 127.0.0.2:P drops every SYN.
+    if not shutil.which("unshare"):
+        pytest.skip("no unshare")
+    port = etcd34.port
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.2 etcd-multi\n127.0.0.1 etcd-multi\n")
+    # glibc sorts 127.0.0.1 first (longest prefix with the source address)
+    # unless told otherwise: give 127.0.0.2 the highest precedence.
+    gai = ""
+    if os.path.exists("/etc/gai.conf"):
+        gai = str(tmp_path / "gai.conf")
+        with open(gai, "w") as f:
+            f.write("precedence ::ffff:127.0.0.2/128 100\nprecedence ::1/128 50\n"
+                    "precedence ::/0 40\nprecedence 2002::/16 30\nprecedence ::/96 20\n"
+                    "precedence ::ffff:0:0/96 10\n")
+    try:
+        answer = subprocess.run(in_namespace(str(hosts), gai, ["getent", "ahosts", "etcd-multi"]),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        pytest.skip("cannot run unshare: %s" % e)
+    if answer.returncode != 0:
+        pytest.skip("no private mount namespace here: %s"
+                    % answer.stderr.decode("utf-8", "replace").strip())
+    order = [line.split()[0] for line in answer.stdout.decode().splitlines()
+             if line.split()[1:2] == ["STREAM"]]
+    if order != ["127.0.0.2", "127.0.0.1"]:
+        pytest.skip("getaddrinfo in the namespace gives %r, not 127.0.0.2 then 127.0.0.1"
+                    % order)
+
+    sockets = black_hole("127.0.0.2", port)
+    try:
+        config = write_config(str(tmp_path / "multi.conf"), {
+            "host": "etcd-multi", "port": port, "lock_ttl": 3, "refresh": 0.5,
+            "lock_name": lock_name, "api": "auto"})
+        helper = Helper(in_namespace(str(hosts), gai, [HELPER, "-v", "-c", config]),
+                        helper_env(stubs, tmp_path), str(tmp_path))
+        started.append(helper)
+        assert helper.status(timeout=6) == "0", helper.stderr()
+        for where in held_apis("auto", etcd34):
+            value = etcd34.value(where, key)
+            assert value and "pid=%d" % helper.proc.pid in value, (where, value)
+        assert helper.terminate() == 0
+        for where in held_apis("auto", etcd34):
+            assert etcd34.value(where, key) is None, where
+    finally:
+        for sock in sockets:
+            sock.close()
