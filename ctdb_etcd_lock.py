@@ -104,6 +104,10 @@ class ApiNotServed(EtcdLockError):
     """The server does not serve the API a lock needs (v2 off, or no v3)."""
 
 
+class AuthError(EtcdLockError):
+    """etcd refused our credentials, or wants some."""
+
+
 class LockContended(EtcdLockError):
     """Someone else holds the lock; the argument names the holder."""
 
@@ -247,10 +251,9 @@ def _shown(value):
 class Setting:
     """One config key: its default, and how its text becomes a value."""
 
-    def __init__(self, default, parse, implemented=True):
+    def __init__(self, default, parse):
         self.default = default
         self.parse = parse
-        self.implemented = implemented  # False: accepted, said to be ignored
 
 
 def _integer(low, high):
@@ -284,21 +287,6 @@ def _word(choices, hint=""):
                 _shown(text), ", ".join(choices), "; " + hint if hint else ""))
         return text
     return parse
-
-
-def _host(text):
-    """A host name or address: no scheme, no port, no brackets."""
-    if not text or len(text) > 253 or any(char in text for char in " \t/[]@"):
-        raise ValueError("%s is no host name or address (give the port as port = N, "
-                         "and no http://)" % _shown(text))
-    if ":" in text:
-        import socket
-        try:
-            socket.inet_pton(socket.AF_INET6, text)
-        except OSError:
-            raise ValueError("%s is no host name or address (give the port as "
-                             "port = N)" % _shown(text)) from None
-    return text
 
 
 def _cluster_id(text):
@@ -343,15 +331,162 @@ def _prefix(text):
     return text
 
 
-def _passthrough(text):
+def _literal(text, what):
+    """A Python literal, as python-etcd users wrote tuples and strings."""
+    import ast
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        raise ValueError("%s is not a %s" % (_shown(text), what)) from None
+
+
+def _unquoted(text):
+    """A value without the quotes python-etcd users may have put around it."""
+    if len(text) >= 2 and text[0] in "'\"" and text[-1] == text[0]:
+        value = _literal(text, "quoted string")
+        if isinstance(value, str):
+            return value
     return text
 
 
+def _boolean(text):
+    if text.lower() in ("true", "yes", "on", "1"):
+        return True
+    if text.lower() in ("false", "no", "off", "0"):
+        return False
+    raise ValueError("%s is not true or false" % _shown(text))
+
+
+def _members(text):
+    """host: one name or address, a comma list of host[:port] (IPv6 in
+    brackets), or python-etcd's tuple of (host, port) pairs.  A list of
+    (host, port or None)."""
+    if text[:1] in "([":
+        pairs = _literal(text, "tuple of (host, port) pairs")
+        if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], str):
+            pairs = (pairs,)  # one pair alone
+        if not (isinstance(pairs, (tuple, list)) and pairs
+                and all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in pairs)):
+            raise ValueError("%s is not a tuple of (host, port) pairs" % _shown(text))
+        return [(_host(str(host)), _integer(1, 65535)(str(port))) for host, port in pairs]
+    if "://" in text:
+        raise ValueError("%s: give host, host:port or [IPv6]:port, and no http:// "
+                         "(URLs go in endpoints)" % _shown(text))
+    members = []
+    for item in text.split(","):
+        item = item.strip()
+        host, port = _split_host_port(item)
+        members.append((_host(host), port))
+    return members
+
+
+def _split_host_port(item):
+    """'name', 'name:port', '[v6]', '[v6]:port' or a bare IPv6 address."""
+    if item.startswith("["):
+        host, bracket, rest = item[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError("%s is no [IPv6 address]:port" % _shown(item))
+        return host, _integer(1, 65535)(rest[1:]) if rest else None
+    if item.count(":") == 1:
+        host, _, port = item.partition(":")
+        return host, _integer(1, 65535)(port)
+    return item, None  # a name, IPv4, or IPv6 without a port
+
+
+def _host(text):
+    """A host name or address: no scheme, no port, no brackets."""
+    if not text or len(text) > 253 or any(char in text for char in " \t/[]@,"):
+        raise ValueError("%s is no host name or address (give host, host:port or "
+                         "[IPv6]:port, and no http://)" % _shown(text))
+    if ":" in text:
+        import socket
+        try:
+            socket.inet_pton(socket.AF_INET6, text)
+        except OSError:
+            raise ValueError("%s is no host name or address" % _shown(text)) from None
+    return text
+
+
+def _urls(text):
+    """endpoints: etcdctl's comma list of http:// or https:// URLs."""
+    urls = []
+    for item in text.split(","):
+        item = item.strip()
+        scheme, colon, rest = item.partition("://")
+        if not colon or scheme not in ("http", "https"):
+            raise ValueError("%s is no http:// or https:// URL" % _shown(item))
+        host, port = _split_host_port(rest[:-1] if rest.endswith("/") else rest)
+        urls.append(Endpoint(scheme, _host(host), port or 2379))
+    return urls
+
+
+def _domain(text):
+    if not text or len(text) > 253 or not all(
+            0 < len(label) < 64 and all(char.isalnum() or char in "-_" for char in label)
+            for label in text.rstrip(".").split(".")):
+        raise ValueError("%s is no DNS domain" % _shown(text))
+    return text
+
+
+def _file(text):
+    if not text or "\0" in text:
+        raise ValueError("%s is no file name" % _shown(text))
+    return text
+
+
+def _cert(text):
+    """cert: a PEM file holding certificate and key, or python-etcd's
+    (certificate, key) tuple."""
+    if text[:1] in "([":
+        pair = _literal(text, "(certificate, key) tuple")
+        if not (isinstance(pair, (tuple, list)) and len(pair) == 2
+                and all(isinstance(name, str) for name in pair)):
+            raise ValueError("%s is no (certificate, key) tuple" % _shown(text))
+        return tuple(_file(name) for name in pair)
+    return (_file(text), None)
+
+
+def _text(text):
+    if not text:
+        raise ValueError("it is empty")
+    return text
+
+
+class Endpoint:
+    """One etcd member's client URL."""
+
+    def __init__(self, scheme, host, port):
+        self.scheme, self.host, self.port = scheme, host, port
+        bracketed = "[%s]" % host if ":" in host else host
+        self.netloc = "%s:%d" % (bracketed, port)  # also the Host header
+        self.url = "%s://%s" % (scheme, self.netloc)
+
+    def __repr__(self):
+        return self.url
+
+    def __eq__(self, other):
+        return isinstance(other, Endpoint) and self.url == other.url
+
+    def __hash__(self):
+        return hash(self.url)
+
+
 SETTINGS = {
-    # etcd's client URL: host name or address, port, scheme.
-    "host": Setting("127.0.0.1", _host),
+    # etcd's members: host name(s) or address(es), the default port, scheme;
+    # or endpoints (URLs, etcdctl's style); or found by DNS SRV.
+    "host": Setting([("127.0.0.1", None)], _members),
     "port": Setting(2379, _integer(1, 65535)),
-    "protocol": Setting("http", _word(("http",), "TLS (https) is not implemented yet")),
+    "protocol": Setting("http", _word(("http", "https"))),
+    "endpoints": Setting(None, _urls),
+    "srv_domain": Setting(None, _domain),
+    # TLS: the CA to verify etcd against (else the system's), our client
+    # certificate and key.
+    "ca_cert": Setting(None, _file),
+    "cert": Setting(None, _cert),
+    "key": Setting(None, _file),
+    # Authentication: both or neither.
+    "username": Setting(None, _text),
+    "password": Setting(None, _text),
     # Where etcd serves the v2 API (python-etcd's version_prefix).
     "version_prefix": Setting("/v2", _prefix),
     # The longest wait for one answer; always cut to the lock's deadline.
@@ -368,13 +503,18 @@ SETTINGS = {
     "api": Setting("auto", _word(("auto", "v2", "v3"))),
     # Refuse an etcd of another cluster (hex, as python-etcd took it).
     "expected_cluster_id": Setting(None, _cluster_id),
+    # python-etcd's, not needed here: several members always fail over
+    # (allow_reconnect), etcd redirects nothing we ask (allow_redirect), and
+    # one connection is kept at a time (per_host_pool_size).
+    "allow_reconnect": Setting(True, _boolean),
+    "allow_redirect": Setting(True, _boolean),
+    "per_host_pool_size": Setting(10, _integer(1, 1000)),
+    # Proxies from the environment: never used (a proxy between ctdbd and
+    # etcd is a surprise); true earns a warning.
+    "use_proxies": Setting(False, _boolean),
 }
 # Names the original helper's code read for the same thing.
 ALIASES = {"lock_refresh": "refresh"}
-# python-etcd client settings the original passed through; accepted, not used yet.
-for _name in ("srv_domain", "allow_redirect", "cert", "ca_cert", "username",
-              "password", "allow_reconnect", "use_proxies", "per_host_pool_size"):
-    SETTINGS[_name] = Setting(None, _passthrough, implemented=False)
 
 
 class Config:
@@ -385,19 +525,22 @@ class Config:
     number, for messages.
     """
 
-    def __init__(self, values, source=None, lines=None, unknown=()):
+    def __init__(self, values, source=None, lines=None, unknown=(), mode=0):
         for name, setting in SETTINGS.items():
             setattr(self, name, values.get(name, setting.default))
         self.source = source
         self.lines = dict(lines or {})
-        # Warnings for the log: settings given but not used.
-        self.ignored = ["%s: setting %s is not implemented yet and is ignored"
-                        % (self.where(name), name)
-                        for name in sorted(values, key=self.lines.get)
-                        if not SETTINGS[name].implemented]
-        self.ignored += ["%s:%d: unknown setting %s is ignored" % (source, line, _cut(key))
-                         for line, key in unknown]
+        # Warnings for the log.
+        self.ignored = ["%s:%d: unknown setting %s is ignored" % (source, line, _cut(key))
+                        for line, key in unknown]
+        if self.use_proxies:
+            self.ignored.append("%s: use_proxies is ignored: the helper always talks to "
+                                "etcd directly" % self.where("use_proxies"))
+        if self.password and mode & 0o077:
+            self.ignored.append("%s holds a password that other users can read; "
+                                "chmod 600 it" % source)
         self._check()
+        self.endpoints = self._endpoints()
 
     def where(self, name):
         """'FILE:LINE' of a setting, or where its default applies."""
@@ -407,6 +550,22 @@ class Config:
 
     def _check(self):
         # Relations between settings, each message naming both values.
+        def clash(first, second, why):
+            if first in self.lines and second in self.lines:
+                raise ConfigError("%s: %s and %s (%s) %s" % (
+                    self.where(first), first, second, self.where(second), why))
+        for other in ("host", "port", "protocol", "srv_domain"):
+            clash("endpoints", other, "do not go together: endpoints name the members "
+                  "with their scheme and port")
+        clash("srv_domain", "host", "do not go together: DNS SRV names the members")
+        if isinstance(self.cert, tuple) and self.cert[1]:
+            clash("cert", "key", "do not go together: cert already names the key")
+        if self.key and not self.cert:
+            raise ConfigError("%s: key without cert; give cert as well" % self.where("key"))
+        if bool(self.username) != bool(self.password):
+            given = "username" if self.username else "password"
+            raise ConfigError("%s: %s without %s; give both or neither" % (
+                self.where(given), given, "password" if self.username else "username"))
         where = self.where("refresh" if "refresh" in self.lines else "lock_ttl")
         if self.refresh >= self.lock_ttl * (1 - FENCE_SHARE):
             # The helper gives the lock up FENCE_SHARE of lock_ttl early.
@@ -416,13 +575,27 @@ class Config:
                                   where, self.refresh, 100 * (1 - FENCE_SHARE),
                                   self.lock_ttl, self.lock_ttl / 4.0))
 
-    @property
-    def endpoint(self):
-        host = "[%s]" % self.host if ":" in self.host else self.host
-        return "%s://%s:%d" % (self.protocol, host, self.port)
+    def _endpoints(self):
+        """The members as given (None: found by DNS SRV when first asked)."""
+        if self.srv_domain:
+            return None
+        if self.endpoints:
+            return self.endpoints
+        members = []
+        for host, port in self.host:
+            endpoint = Endpoint(self.protocol, host, port or self.port)
+            if endpoint not in members:
+                members.append(endpoint)
+        return members
 
     @property
-    def key(self):
+    def tls(self):
+        """Whether some member may speak https (ssl is imported only then)."""
+        return (self.srv_domain is not None or self.protocol == "https"
+                or any(endpoint.scheme == "https" for endpoint in self.endpoints or ()))
+
+    @property
+    def lock_key(self):
         """The lock's key, as etcd names it (before escaping)."""
         return "/_locks/%s/%s" % (self.locks_dir, self.lock_name)
 
@@ -435,7 +608,8 @@ def read_config(path, required):
     is the rest of a line from a '#' that follows white space.
     """
     try:
-        text = _read_small_file(path).decode("utf-8-sig")  # a BOM is no part of a key
+        data, mode = _read_small_file(path)
+        text = data.decode("utf-8-sig")  # a BOM is no part of a key
     except FileNotFoundError:
         if required:
             raise ConfigError("config file %s does not exist; create it or fix -c"
@@ -465,30 +639,31 @@ def read_config(path, required):
             raise ConfigError("%s: %s is set again (first at line %d); keep one"
                               % (where, key, lines[name]))
         try:
-            values[name] = setting.parse(value)
+            values[name] = setting.parse(_unquoted(value))
         except ValueError as e:
             raise ConfigError("%s: bad %s: %s" % (where, key, e)) from None
         lines[name] = number
-    return Config(values, path, lines, unknown)
+    return Config(values, path, lines, unknown, mode)
 
 
 MAX_CONFIG = 64 << 10  # bytes: a config file is a handful of lines
 
 
 def _read_small_file(path):
-    """A regular file's bytes; never waits on a FIFO or reads a device."""
+    """A regular file's bytes and mode; never waits on a FIFO or reads a device."""
     import stat
     # O_NONBLOCK: opening a FIFO must not wait for a writer.
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
             raise ConfigError("config file %s is not a regular file; name one with -c"
                               % path)
         data = b""
         while len(data) <= MAX_CONFIG:
             chunk = os.read(fd, MAX_CONFIG + 1 - len(data))
             if not chunk:
-                return data
+                return data, mode
             data += chunk
         raise ConfigError("config file %s is bigger than %d KiB; is it the right file?"
                           % (path, MAX_CONFIG >> 10))
@@ -763,24 +938,31 @@ class _Closed(Exception):
     """The server closed (or reset) a kept-alive connection before answering."""
 
 
+class _Never(Exception):
+    """Stands in for the TLS layer's would-block errors on a plain socket."""
+
+
 class Connection:
-    """One HTTP/1.1 connection.  Every wait ends by an absolute deadline
-    (time.monotonic()), not merely each recv: a server that trickles bytes
-    cannot hold a request past the lock's deadline.
+    """One HTTP/1.1 connection to one member, plain or TLS.  Every wait ends
+    by an absolute deadline (time.monotonic()), not merely each recv: a
+    server that trickles bytes, or a TLS handshake, cannot hold a request
+    past the lock's deadline.
 
     Small on purpose: etcd answers with Content-Length or chunked bodies,
-    and http.client would cost ssl and email modules we have no use for.
+    and http.client would cost modules we have no use for.
     """
 
     MAX_ANSWER = 8 << 20  # the biggest answer we read (a v2 directory listing)
 
-    def __init__(self, addresses, deadline, clock, watch):
+    def __init__(self, endpoint, addresses, deadline, clock, watch, tls=None):
         import socket
+        self.endpoint = endpoint
         self.clock = clock
         self.watch = watch
         self.buffer = b""
         self.used = False  # a kept-alive connection etcd may have closed meanwhile
         self.sent = False  # a request is sent and not answered yet
+        self.want_read = self.want_write = _Never
         error = OSError("no address to connect to")
         for tried, (family, kind, proto, _, address) in enumerate(addresses):
             # Each address gets a fair share of what is left: one that drops
@@ -790,7 +972,7 @@ class Connection:
             self.sock.setblocking(False)
             try:
                 self._connect(address, min(deadline, clock() + share))
-                return
+                break
             except OSError as e:  # the next address, with what time is left
                 self.sock.close()
                 error = e
@@ -802,7 +984,18 @@ class Connection:
             except BaseException:
                 self.sock.close()
                 raise
-        raise error
+        else:
+            raise error
+        if tls is not None:
+            import ssl
+            self.want_read, self.want_write = ssl.SSLWantReadError, ssl.SSLWantWriteError
+            try:
+                self.sock = tls.wrap_socket(self.sock, server_hostname=endpoint.host,
+                                            do_handshake_on_connect=False)
+                self._io(self.sock.do_handshake, deadline, write=False)
+            except BaseException:
+                self.sock.close()
+                raise
 
     def _connect(self, address, deadline):
         import errno
@@ -834,6 +1027,19 @@ class Connection:
     def _wait(self, deadline, write=False):
         fd = self.sock.fileno()
         self.watch.wait(deadline, readers=[] if write else [fd], writers=[fd] if write else [])
+
+    def _io(self, operation, deadline, write):
+        """A socket operation, tried first (TLS may hold decrypted bytes
+        already) and waited for while it would block."""
+        while True:
+            try:
+                return operation()
+            except BlockingIOError:
+                self._wait(deadline, write)
+            except self.want_read:
+                self._wait(deadline)
+            except self.want_write:
+                self._wait(deadline, write=True)
 
     @staticmethod
     def encode(method, host, path, headers, body):
@@ -886,21 +1092,11 @@ class Connection:
 
     def _send(self, data, deadline):
         while data:
-            self._wait(deadline, write=True)
-            try:
-                data = data[self.sock.send(data):]
-            except BlockingIOError:
-                pass
+            data = data[self._io(lambda: self.sock.send(data), deadline, write=True):]
 
     def _fill(self, deadline, first=False, eof_ok=False):
         """Read more into the buffer; False at the end of the stream (if eof_ok)."""
-        while True:
-            self._wait(deadline)
-            try:
-                chunk = self.sock.recv(65536)
-                break
-            except BlockingIOError:
-                continue
+        chunk = self._io(lambda: self.sock.recv(65536), deadline, write=False)
         if not chunk:
             if first:
                 raise _Closed()
@@ -941,13 +1137,241 @@ class Connection:
                 raise ValueError("chunk without its CRLF")
 
 
+def _tls_failure(error, endpoint, config):
+    """What a TLS error means, in an admin's words; None if it is no TLS error."""
+    reason = (getattr(error, "verify_message", None) or getattr(error, "reason", None)
+              or str(error))
+    text = str(reason).lower() + " " + str(error).lower()
+    if type(error).__name__ == "CertificateError" or "mismatch" in text:
+        return "TLS: the certificate of %s does not name %s (%s); connect by a name it " \
+               "holds" % (endpoint.url, endpoint.host, _cut(str(reason), 120))
+    if "expired" in text:
+        return "TLS: the certificate of %s has expired" % endpoint.url
+    if "verify" in text or "issuer" in text or "self signed" in text or "self-signed" in text:
+        return "TLS: the certificate of %s is not signed by a known CA (%s); check " \
+               "ca_cert in %s" % (endpoint.url, reason, config.source or "$CTDB_BASE/etcd")
+    if "wrong_version" in text or "wrong version" in text or "http_request" in text \
+            or "record layer" in text or "packet length" in text:
+        return "%s does not speak TLS; use http:// there" % endpoint.url
+    if "certificate" in text or "handshake" in text or "alert" in text:
+        return "TLS: %s refused us (%s); it may want a client certificate: check cert " \
+               "and key in %s" % (endpoint.url, _cut(str(reason), 80),
+                                  config.source or "$CTDB_BASE/etcd")
+    if type(error).__module__ == "ssl" or type(error).__name__.startswith("SSL"):
+        return "TLS with %s failed: %s" % (endpoint.url, _cut(str(reason), 120))
+    return None
+
+
+class _MemberFailed(Exception):
+    """One member did not answer; ``sent``: the request may have reached it."""
+
+    def __init__(self, message, sent=False):
+        super().__init__(message)
+        self.sent = sent
+
+
+# DNS SRV: members as etcd publishes them (srv_domain), asked with a small
+# client of our own, so that every wait goes through the watch.  The system
+# resolver has no SRV lookup in the standard library.
+
+SRV_RECORDS = (("_etcd-client-ssl._tcp", "https"), ("_etcd-client._tcp", "http"),
+               ("_etcd._tcp", None))  # python-etcd's, with protocol's scheme
+
+
+def srv_members(config, watch, deadline):
+    """Endpoints from the SRV records of srv_domain: by record kind, then
+    priority (lowest first) and weight (highest first)."""
+    resolver = Resolver.from_file("/etc/resolv.conf")
+    domain = config.srv_domain
+    names = [domain] if domain.endswith(".") or not resolver.search else \
+        [domain] + ["%s.%s" % (domain, suffix) for suffix in resolver.search]
+    asked, problems = [], []
+    for name in names:
+        endpoints = []
+        for record, scheme in SRV_RECORDS:
+            qname = "%s.%s" % (record, name.rstrip("."))
+            asked.append(qname)
+            try:
+                answers = resolver.srv(qname, watch, deadline)
+            except ValueError as e:
+                problems.append("%s: %s" % (qname, e))
+                continue
+            for priority, weight, port, target in sorted(
+                    answers, key=lambda srv: (srv[0], -srv[1])):
+                endpoint = Endpoint(scheme or config.protocol, target, port)
+                if target and endpoint not in endpoints:
+                    endpoints.append(endpoint)
+        if endpoints:
+            return endpoints
+    raise TransportError("no etcd members found by DNS SRV for %s: asked %s%s; check "
+                         "srv_domain in %s and the DNS" % (
+                             domain, ", ".join(asked[:3]) + (" and more" if asked[3:] else ""),
+                             " (%s)" % "; ".join(problems[:3]) if problems else
+                             " (no records)", config.where("srv_domain")))
+
+
+class Resolver:
+    """Asks /etc/resolv.conf's nameservers: UDP, then TCP when the answer
+    is truncated; honours its search list and 'options timeout: attempts:'."""
+
+    def __init__(self, servers, search, timeout, attempts):
+        self.servers = servers or ["127.0.0.1"]
+        self.search = search
+        self.timeout = timeout
+        self.attempts = attempts
+
+    @classmethod
+    def from_file(cls, path):
+        servers, search, timeout, attempts = [], [], 5.0, 2
+        try:
+            text = _read_small_file(path)[0].decode("utf-8", "replace")
+        except (OSError, ConfigError):
+            text = ""
+        for line in text.splitlines():
+            words = line.split("#")[0].split(";")[0].split()
+            if len(words) < 2:
+                continue
+            if words[0] == "nameserver" and len(servers) < 3:
+                servers.append(words[1])
+            elif words[0] in ("search", "domain"):
+                search = [word.rstrip(".") for word in words[1:]]
+            elif words[0] == "options":
+                for option in words[1:]:
+                    name, _, value = option.partition(":")
+                    if name == "timeout" and value.isdigit():
+                        timeout = max(1, min(int(value), 30))
+                    elif name == "attempts" and value.isdigit():
+                        attempts = max(1, min(int(value), 5))
+        return cls(servers, search, timeout, attempts)
+
+    def srv(self, name, watch, deadline):
+        """[(priority, weight, port, target)]; [] for no such name or no
+        records; ValueError if no nameserver answered sensibly."""
+        import random
+        import struct
+        query_id = random.getrandbits(16)
+        query = struct.pack(">HHHHHH", query_id, 0x0100, 1, 0, 0, 0) \
+            + _dns_name(name) + struct.pack(">HH", 33, 1)  # SRV, IN
+        trouble = "no nameserver answered"
+        for _ in range(self.attempts):
+            for server in self.servers:
+                until = min(deadline, watch.clock() + self.timeout)
+                try:
+                    answer = _dns_exchange(server, query, watch, until, tcp=False)
+                    if answer is not None and struct.unpack(">H", answer[2:4])[0] & 0x0200:
+                        answer = _dns_exchange(server, query, watch, until, tcp=True)
+                    if answer is None:
+                        continue
+                    return _srv_answers(answer, query_id)
+                except _NoTime:
+                    if watch.clock() >= deadline:
+                        raise ValueError(trouble) from None
+                except (OSError, ValueError, IndexError, struct.error) as e:
+                    trouble = "%s answered %s" % (server, getattr(e, "strerror", None) or e)
+        raise ValueError(trouble)
+
+
+def _dns_name(name):
+    labels = [label.encode("idna") for label in name.rstrip(".").split(".")]
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+
+
+def _dns_exchange(server, query, watch, deadline, tcp):
+    """One query to one nameserver; the answer, or None on silence."""
+    import socket
+    import struct
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    if tcp:
+        conn = Connection(Endpoint("dns", server, 53),
+                          [(family, socket.SOCK_STREAM, 0, "", (server, 53))],
+                          deadline, watch.clock, watch)
+        try:
+            conn._send(struct.pack(">H", len(query)) + query, deadline)
+            size = struct.unpack(">H", conn._exactly(2, deadline))[0]
+            return conn._exactly(size, deadline)
+        finally:
+            conn.close()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        sock.connect((server, 53))
+        sock.send(query)
+        while True:
+            try:
+                watch.wait(deadline, readers=[sock.fileno()])
+            except _NoTime:
+                return None
+            try:
+                answer = sock.recv(65535)
+            except BlockingIOError:
+                continue
+            if answer[:2] == query[:2]:  # not some stray datagram
+                return answer
+
+
+def _srv_answers(message, query_id):
+    import struct
+    ident, flags, questions, answers = struct.unpack(">HHHH", message[:8])
+    if ident != query_id or not flags & 0x8000:
+        raise ValueError("something that is no answer to our question")
+    rcode = flags & 0x000F
+    if rcode == 3:  # NXDOMAIN
+        return []
+    if rcode != 0:
+        raise ValueError("DNS error %d" % rcode)
+    offset = 12
+    for _ in range(questions):
+        _, offset = _dns_read_name(message, offset)
+        offset += 4
+    records = []
+    for _ in range(answers):
+        _, offset = _dns_read_name(message, offset)
+        kind, _, _, length = struct.unpack(">HHIH", message[offset:offset + 10])
+        offset += 10
+        if kind == 33:
+            priority, weight, port = struct.unpack(">HHH", message[offset:offset + 6])
+            target, _ = _dns_read_name(message, offset + 6)
+            if target and port:  # "." means: no service here
+                records.append((priority, weight, port, target))
+        offset += length
+    if offset > len(message):
+        raise ValueError("an answer cut short")
+    return records
+
+
+def _dns_read_name(message, offset):
+    """(name, offset after it), following compression pointers."""
+    labels, end, jumps = [], None, 0
+    while True:
+        length = message[offset]
+        if length & 0xC0 == 0xC0:
+            jumps += 1
+            if jumps > 20:
+                raise ValueError("a name that loops")
+            if end is None:
+                end = offset + 2
+            offset = ((length & 0x3F) << 8) | message[offset + 1]
+            continue
+        if length == 0:
+            break
+        label = message[offset + 1:offset + 1 + length]
+        if len(label) < length:
+            raise ValueError("a name cut short")
+        labels.append(label.decode("ascii", "replace"))
+        offset += 1 + length
+    return ".".join(labels), end if end is not None else offset + 1
+
+
 class Transport:
-    """Requests to etcd over one kept-alive connection.
+    """Requests to etcd's members, over one kept-alive connection at a time.
 
     ``deadline`` on each request is a time.monotonic() value; the request
-    never waits past it nor past read_timeout.  The host name is resolved
-    once, before the lock is taken: a resolver cannot be interrupted, so it
-    must not stand between a holder and its deadline.
+    never waits past it nor past read_timeout.  A request goes to the member
+    that answered last and fails over to the next on a connection error, a
+    timeout, a 5xx or a "no leader" answer; each try gets a fair share of
+    what is left, so one dead, paused or cut-off member never eats the
+    time.  Names (and SRV records) are resolved once, before the lock is
+    taken: a resolver cannot be interrupted, so it must not stand between a
+    holder and its deadline.
 
     A request sent but not answered by its deadline may still reach etcd
     later (a slow network delivers it all the same), and a late refresh
@@ -963,11 +1387,21 @@ class Transport:
         self.log = log
         self.watch = watch
         self.clock = clock
-        self.endpoint = config.endpoint
-        self.host_header = config.endpoint.split("://", 1)[1]
-        self._addresses = None
+        self.members = None  # [[endpoint, addresses or None]], once known
+        self.current = 0  # the member that answered last
+        self.cluster_id = None  # as the first member to answer gave it
+        self.unanswered = 0  # requests sent that went unanswered (they may act yet)
+        self._tls = None
         self._conn = None
         self._in_flight = []
+
+    @property
+    def endpoint(self):
+        """The member asked now, for messages."""
+        if self.members:
+            return self.members[self.current][0].url
+        return self.config.endpoints[0].url if self.config.endpoints else \
+            "DNS SRV of %s" % self.config.srv_domain
 
     def close(self):
         """Close every connection, those with requests in flight too."""
@@ -988,82 +1422,186 @@ class Transport:
         else:
             conn.close()
 
-    def _resolve(self):
-        import socket
-        if self._addresses is None:
-            try:
-                self._addresses = socket.getaddrinfo(
-                    self.config.host, self.config.port, type=socket.SOCK_STREAM)
-            except (OSError, UnicodeError) as e:
-                raise TransportError("cannot resolve etcd host %s: %s; check host in %s"
-                                     % (_shown(self.config.host), getattr(e, "strerror", None) or e,
-                                        self.config.where("host"))) from None
-        return self._addresses
+    def check_cluster(self, cluster_id, endpoint):
+        """Every member must belong to one cluster (expected_cluster_id, if set)."""
+        if not cluster_id:
+            return
+        expected = self.config.expected_cluster_id
+        if expected and cluster_id != expected:
+            raise EtcdLockError("etcd at %s belongs to cluster %s, not expected_cluster_id "
+                                "%s (%s); check the members you list" % (
+                                    endpoint, cluster_id, expected,
+                                    self.config.where("expected_cluster_id")))
+        if self.cluster_id is None:
+            self.cluster_id = (cluster_id, endpoint)
+        elif cluster_id != self.cluster_id[0]:
+            raise EtcdLockError("etcd at %s belongs to cluster %s, but %s to cluster %s; "
+                                "list the members of one cluster only" % (
+                                    endpoint, cluster_id, self.cluster_id[1],
+                                    self.cluster_id[0]))
 
-    def request(self, method, path, deadline, form=None, body=None, retry=True,
-                behind=False):
-        """One request.  ``retry``: safe to send again on a new connection.
-        ``behind``: first queue it behind every request still in flight."""
+    def request(self, method, path, deadline, form=None, body=None, headers=None,
+                behind=False, secret=False):
+        """One request, sent again (on a new connection, to another member)
+        when its answer is lost: every request of ours is safe to repeat.
+        ``behind``: first queue it behind every request still in flight.
+        ``secret``: the body (and the answer) are never logged."""
         started = self.clock()
         deadline = min(deadline, started + self.config.read_timeout)
-        headers = {}
+        headers = dict(headers or {})
         if form is not None:
             from urllib.parse import urlencode
             body = urlencode(form).encode("ascii")
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         elif body is not None:
             headers["Content-Type"] = "application/json"
-        self.log.debug("%s %s%s" % (method, self.endpoint, path))
-        self.log.trace("  body %r" % body)
-        request = Connection.encode(method, self.host_header, path, headers, body)
+        self.log.trace("  body %s" % ("(not shown)" if secret else repr(body)))
         if behind:
-            queued = sum(conn.send_now(request) for conn in self._in_flight)
+            queued = sum(conn.send_now(Connection.encode(
+                method, conn.endpoint.netloc, path, headers, body))
+                for conn in self._in_flight)
             if queued:
                 self.log.debug("  also queued behind %d request(s) in flight" % queued)
+        members = self._members(deadline)
+        failures = []
+        for attempt in range(len(members)):
+            index = (self.current + attempt) % len(members)
+            left = deadline - self.clock()
+            if left <= 0 and failures:
+                break
+            until = self.clock() + left / (len(members) - attempt)
+            try:
+                response = self._ask(index, method, path, headers, body, until, secret)
+            except _MemberFailed as e:
+                failures.append(str(e))
+                self.unanswered += e.sent
+                continue
+            if (response.status >= 500 or response.status in (408, 429)) \
+                    and attempt + 1 < len(members):
+                # No leader, not ready, overloaded: another member may do.
+                failures.append("%s answered HTTP %d" % (response.endpoint, response.status))
+                continue
+            self.current = index
+            return response
+        if len(failures) == 1:
+            raise TransportError(failures[0])
+        raise TransportError("no etcd member answered in %.1fs: %s" % (
+            self.clock() - started, "; ".join(failures)))
+
+    def _ask(self, index, method, path, headers, body, deadline, secret):
+        """One member's answer, or _MemberFailed."""
+        endpoint = self.members[index][0]
+        self.log.debug("%s %s%s" % (method, endpoint.url, path))
+        request = Connection.encode(method, endpoint.netloc, path, headers, body)
+        started = self.clock()
         try:
             try:
-                answer = self._exchange(request, deadline)
+                answer = self._exchange(index, request, deadline)
             except _Closed:
                 # etcd may have closed the kept-alive connection while we
                 # slept; ask once more on a new one.
                 self._drop(in_flight=False)
-                if not retry:
-                    raise
-                answer = self._exchange(request, deadline)
+                answer = self._exchange(index, request, deadline)
         except _NoTime:
+            sent = self._conn is not None and self._conn.sent
             self._drop()
             if self.clock() - started < 0.01:
-                raise TransportError("no time was left to ask %s" % self.endpoint) from None
-            raise TransportError("%s did not answer within %.1fs" % (
-                self.endpoint, self.clock() - started)) from None
+                raise _MemberFailed("no time was left to ask %s" % endpoint.url) from None
+            raise _MemberFailed("%s did not answer within %.1fs" % (
+                endpoint.url, self.clock() - started), sent) from None
         except _Closed:
             self._drop(in_flight=False)
-            raise TransportError("%s closed the connection without an answer"
-                                 % self.endpoint) from None
-        except ValueError as e:
+            raise _MemberFailed("%s closed the connection without an answer"
+                                % endpoint.url, sent=True) from None
+        except (ValueError, OSError) as e:
+            sent = self._conn is not None and self._conn.sent
             self._drop()
-            raise TransportError("%s answered in a way etcd would not: %s" % (
-                self.endpoint, e)) from None
-        except OSError as e:
-            self._drop()
-            raise TransportError("cannot talk to etcd at %s: %s; check that etcd runs "
-                                 "there, and host and port in %s" % (
-                                     self.endpoint, e.strerror or e,
-                                     self.config.source or "$CTDB_BASE/etcd")) from None
+            tls = _tls_failure(e, endpoint, self.config) if endpoint.scheme == "https" \
+                else None
+            if tls:
+                raise _MemberFailed(tls, sent) from None
+            if isinstance(e, ValueError):
+                raise _MemberFailed("%s answered in a way etcd would not: %s" % (
+                    endpoint.url, e), sent) from None
+            raise _MemberFailed("cannot talk to etcd at %s: %s; check that etcd runs "
+                                "there, and the members in %s" % (
+                                    endpoint.url, e.strerror or e,
+                                    self.config.source or "$CTDB_BASE/etcd"), sent) from None
         except BaseException:
             # Interrupted (SIGTERM, parent gone) mid-request.
             self._drop()
             raise
-        status, headers, data, keep_alive = answer
+        status, answer_headers, data, keep_alive = answer
         if not keep_alive:
             self._drop()
-        self.log.trace("  HTTP %d %r" % (status, data[:500]))
-        return Response(status, headers, data, self.endpoint)
+        self.log.trace("  HTTP %d %s" % (status, "(not shown)" if secret else repr(data[:500])))
+        if endpoint.scheme == "http" and status == 400 and b"HTTPS server" in data:
+            raise _MemberFailed("%s speaks TLS; use https:// there (protocol = https)"
+                                % endpoint.url)
+        return Response(status, answer_headers, data, endpoint.url)
 
-    def _exchange(self, request, deadline):
+    def _exchange(self, index, request, deadline):
+        if self._conn is not None and self._conn.endpoint is not self.members[index][0]:
+            self._drop(in_flight=False)  # answered: nothing of ours in flight there
         if self._conn is None:
-            self._conn = Connection(self._resolve(), deadline, self.clock, self.watch)
+            endpoint, addresses = self.members[index]
+            if addresses is None:
+                raise OSError(0, "cannot resolve %s" % endpoint.host)
+            tls = self._tls_context() if endpoint.scheme == "https" else None
+            self._conn = Connection(endpoint, addresses, deadline, self.clock,
+                                    self.watch, tls)
         return self._conn.exchange(request, deadline)
+
+    def _members(self, deadline):
+        """The members with their addresses, resolved on first use."""
+        if self.members is None:
+            import socket
+            endpoints = self.config.endpoints
+            if endpoints is None:
+                endpoints = srv_members(self.config, self.watch, deadline)
+            members, failures = [], []
+            for endpoint in endpoints:
+                try:
+                    addresses = socket.getaddrinfo(endpoint.host, endpoint.port,
+                                                   type=socket.SOCK_STREAM)
+                except (OSError, UnicodeError) as e:
+                    failures.append("cannot resolve etcd host %s: %s" % (
+                        _shown(endpoint.host), getattr(e, "strerror", None) or e))
+                    addresses = None
+                members.append([endpoint, addresses])
+            if all(addresses is None for _, addresses in members):
+                raise TransportError("%s; check the members in %s" % (
+                    "; ".join(failures), self.config.source or "$CTDB_BASE/etcd"))
+            for failure in failures:
+                self.log.error("%s; going on without it" % failure)
+            self.members = members
+        return self.members
+
+    def _tls_context(self):
+        """TLS settings, built once: ssl is imported only for https."""
+        if self._tls is None:
+            import ssl
+            config = self.config
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies cert and name
+            try:
+                if config.ca_cert:
+                    context.load_verify_locations(cafile=config.ca_cert)
+                else:
+                    context.load_default_certs()
+            except (OSError, ssl.SSLError) as e:
+                raise ConfigError("%s: cannot use ca_cert %s: %s" % (
+                    config.where("ca_cert"), config.ca_cert,
+                    getattr(e, "strerror", None) or e)) from None
+            if config.cert:
+                cert, key = config.cert
+                try:
+                    context.load_cert_chain(cert, key or config.key)
+                except (OSError, ssl.SSLError) as e:
+                    raise ConfigError("%s: cannot use cert %s (key %s): %s" % (
+                        config.where("cert"), cert, key or config.key or "in the same file",
+                        getattr(e, "strerror", None) or e)) from None
+            self._tls = context
+        return self._tls
 
 
 # ---------------------------------------------------------------------------
@@ -1091,15 +1629,6 @@ def _final(error):
     return error.status is not None and error.status < 500 and error.status not in (408, 429)
 
 
-def check_cluster(config, cluster_id, endpoint):
-    """expected_cluster_id, as python-etcd checked it (hex)."""
-    if config.expected_cluster_id and cluster_id != config.expected_cluster_id:
-        raise EtcdLockError("etcd at %s belongs to cluster %s, not expected_cluster_id "
-                            "%s (%s); check host and port" % (
-                                endpoint, cluster_id, config.expected_cluster_id,
-                                config.where("expected_cluster_id")))
-
-
 class V2Lock:
     """The lock in etcd's v2 keys API, by the original helper's recipe: an
     in-order entry in the lock's directory; the entry first by name holds."""
@@ -1113,10 +1642,16 @@ class V2Lock:
         self.value = value
         self.log = log
         self.required = required  # False: skip where etcd serves no v2 (api = auto)
-        self.path = config.key
-        self.url = config.version_prefix + "/keys" + _quote(config.key)
+        self.path = config.lock_key
+        self.url = config.version_prefix + "/keys" + _quote(config.lock_key)
         self.entry = None  # the key of our entry, once etcd named it
         self.posted = False  # an entry may be ours even before etcd named it
+        self.resent = False  # a POST was sent more than once: more entries may be ours
+        self.headers = {}
+        if config.username:  # v2 authenticates every request
+            import base64
+            self.headers["Authorization"] = "Basic " + base64.b64encode(
+                ("%s:%s" % (config.username, config.password)).encode("utf-8")).decode()
 
     def _answer(self, response):
         """JSON of a v2 answer; ApiNotServed when v2 is switched off."""
@@ -1126,8 +1661,12 @@ class V2Lock:
                                "version_prefix" % (response.endpoint,
                                                    self.config.version_prefix))
         data = response.json()
-        check_cluster(self.config, response.headers.get("x-etcd-cluster-id"),
-                      response.endpoint)
+        self.transport.check_cluster(response.headers.get("x-etcd-cluster-id"),
+                                     response.endpoint)
+        if data.get("errorCode") == 110:
+            raise AuthError("etcd's v2 API at %s refused us: %s; check username and "
+                            "password in %s" % (response.endpoint, data.get("message"),
+                                                self.config.source or "$CTDB_BASE/etcd"))
         if "errorCode" in data:
             code = data.get("errorCode")
             raise EtcdError("etcd at %s: %s (v2 error %s, %s)" % (
@@ -1138,10 +1677,10 @@ class V2Lock:
                 response.endpoint, response.status, response.body[:60]))
         return data
 
-    def _request(self, method, url, deadline, form=None, retry=True, behind=False):
+    def _request(self, method, url, deadline, form=None, behind=False):
         sent = self.transport.clock()
-        response = self.transport.request(method, url, deadline, form=form, retry=retry,
-                                          behind=behind)
+        response = self.transport.request(method, url, deadline, form=form,
+                                          headers=self.headers, behind=behind)
         return sent, self._answer(response)
 
     def _entry_url(self):
@@ -1168,12 +1707,14 @@ class V2Lock:
         return entries[0] if entries else None
 
     def acquire(self, deadline):
-        # 1. Queue our entry.  Not sent twice on a broken connection: a
-        #    second entry of ours would stand behind the first.
+        # 1. Queue our entry.  Whose answer is lost may be sent again (to
+        #    another member): every entry with our value is ours, and the
+        #    first of them is the one that counts.
         self.posted = True  # from here on, an entry of ours may stand there
+        unanswered = self.transport.unanswered
         try:
             sent, data = self._request("POST", self.url, deadline,
-                                       {"value": self.value, "ttl": self.ttl}, retry=False)
+                                       {"value": self.value, "ttl": self.ttl})
         except ApiNotServed:
             self.posted = False
             raise
@@ -1188,15 +1729,22 @@ class V2Lock:
             raise TransportError("%s answered our write with %r" % (
                 self.transport.endpoint, node))
         self.entry = node["key"]
+        self.resent = self.transport.unanswered > unanswered
         # 2. Ours holds if it is first.  Otherwise release() takes it back
         #    before anyone says '1' (the original left its entry behind,
         #    blocking everyone for a TTL).
-        first = self._first_entry(deadline)
+        entries = self._entries(deadline)
+        ours = [entry["key"] for entry in entries if entry.get("value") == self.value]
+        if ours and ours[0] != self.entry:
+            self.entry, self.resent = ours[0], True  # an earlier send got through
+        first = entries[0] if entries else None
         if first is None or first["key"] != self.entry:
             if first is not None and not first.get("expiration"):
                 self.log.error("v2 entry %s has no TTL and blocks lock %s for ever; "
                                "delete it" % (first["key"], self.path))
             raise LockContended(first.get("value") if first else "(nobody: our entry expired)")
+        for key in ours[1:]:  # sent twice: the others stand behind, in everyone's way
+            self._delete(key, deadline)
         return sent + self.ttl
 
     def refresh(self, deadline):
@@ -1221,24 +1769,29 @@ class V2Lock:
         return sent + self.ttl
 
     def release(self, deadline):
-        if self.entry is None and self.posted:
-            # Our POST went out but its answer did not come back: find the
-            # entry by our value, as python-etcd does.
-            ours = [node for node in self._entries(deadline) if node.get("value") == self.value]
-            self.entry = ours[0]["key"] if ours else None
-        if self.entry is None:
-            return
-        from urllib.parse import urlencode
-        try:
+        if self.entry is not None:
             # Behind any refresh still in flight, which would extend the entry.
-            self._request("DELETE", self._entry_url() + "?" + urlencode(
-                {"prevValue": self.value}), deadline, behind=True)
-            self.log.info("gave back our v2 entry in %s" % self.path)
+            self._delete(self.entry, deadline, behind=True)
+        if self.posted and (self.entry is None or self.resent):
+            # A POST of ours whose answer did not come back may have queued
+            # an entry all the same: find them by our value.
+            for entry in self._entries(deadline):
+                if entry.get("value") == self.value and entry["key"] != self.entry:
+                    self._delete(entry["key"], deadline)
+        self.entry, self.posted = None, False
+
+    def _delete(self, key, deadline, behind=False):
+        """Compare-and-delete one entry of ours."""
+        from urllib.parse import urlencode
+        url = self.url + "/" + _quote(key.rsplit("/", 1)[-1])
+        try:
+            self._request("DELETE", url + "?" + urlencode({"prevValue": self.value}),
+                          deadline, behind=behind)
+            self.log.info("gave back our v2 entry %s" % key)
         except EtcdError as e:
             if e.code not in (100, 101):
                 raise
-            self.log.info("v2 entry in %s was no longer ours; left it alone" % self.path)
-        self.entry, self.posted = None, False
+            self.log.info("v2 entry %s was no longer ours; left it alone" % key)
 
 
 class V3Lock:
@@ -1257,21 +1810,34 @@ class V3Lock:
         self.value = value
         self.log = log
         self.required = required
-        self.path = config.key
-        self.key = self._b64(config.key)
+        self.path = config.lock_key
+        self.key = self._b64(config.lock_key)
         self.prefix = None
         self.lease = None
         self.revision = None  # create_revision of our key
+        self.token = None  # v3 authentication: "" once we know none is needed
 
     def _call(self, method, payload, deadline, behind=False):
         """POST to the gateway; (send time, JSON answer)."""
         import json
-        sent = self.transport.clock()
-        body = json.dumps(payload).encode("ascii")
-        response = self.transport.request("POST", self.prefix + method, deadline, body=body,
-                                          behind=behind)
-        if response.status == 404 and method == "/lease/grant":
-            raise ApiNotServed(response.endpoint)
+        if self.config.username and self.token is None:
+            self._authenticate(deadline)
+        for attempt in (1, 2):
+            sent = self.transport.clock()
+            response = self.transport.request(
+                "POST", self.prefix + method, deadline, body=json.dumps(payload).encode(),
+                headers={"Authorization": self.token} if self.token else None, behind=behind)
+            if response.status == 404 and method == "/lease/grant":
+                raise ApiNotServed(response.endpoint)
+            if response.status == 401 and self.token and attempt == 1:
+                # Expired, or issued by another member (simple tokens are
+                # each member's own): once more with a new one.
+                self.token = None
+                self._authenticate(deadline)
+                continue
+            return sent, self._answer(response)
+
+    def _answer(self, response):
         data = response.json()
         if response.status != 200 or "error" in data:
             # 3.4/3.5 say {"error", "message", "code"}, 3.6 {"code", "message"};
@@ -1279,14 +1845,43 @@ class V3Lock:
             error = data.get("error") if isinstance(data.get("error"), dict) else data
             code = error.get("code", error.get("grpc_code"))
             status = error.get("http_code", response.status)
-            raise EtcdError("etcd at %s: %s (v3 code %s, HTTP %s)" % (
-                response.endpoint, error.get("message") or error.get("error"),
-                code, status), _int(status), code)
+            message = str(error.get("message") or error.get("error"))
+            if _int(status) == 401 or "user name is empty" in message \
+                    or "auth token" in message or "permission denied" in message:
+                error = AuthError("etcd's v3 API at %s refused us: %s; check username and "
+                                  "password (and the user's role) in %s" % (
+                                      response.endpoint, message,
+                                      self.config.source or "$CTDB_BASE/etcd"))
+            else:
+                error = EtcdError("etcd at %s: %s (v3 code %s, HTTP %s)" % (
+                    response.endpoint, message, code, status), _int(status), code)
+            error.detail = message
+            raise error
         header = data.get("header") or data.get("result", {}).get("header") or {}
         if "cluster_id" in header:
-            check_cluster(self.config, format(_int(header["cluster_id"]), "x"),
-                          response.endpoint)
-        return sent, data
+            self.transport.check_cluster(format(_int(header["cluster_id"]), "x"),
+                                         response.endpoint)
+        return data
+
+    def _authenticate(self, deadline):
+        """A token for username and password; none if etcd has auth off."""
+        import json
+        response = self.transport.request(
+            "POST", self.prefix + "/auth/authenticate", deadline, secret=True,
+            body=json.dumps({"name": self.config.username,
+                             "password": self.config.password}).encode())
+        if response.status == 404:
+            raise ApiNotServed(response.endpoint)
+        try:
+            self.token = str(self._answer(response).get("token") or "")
+        except (AuthError, EtcdError) as e:
+            if "authentication is not enabled" in e.detail:
+                self.token = ""
+                return
+            raise AuthError("v3 authentication as %s at %s failed: %s; check username "
+                            "and password in %s" % (
+                                _shown(self.config.username), response.endpoint, e.detail,
+                                self.config.source or "$CTDB_BASE/etcd")) from None
 
     def _grant(self, deadline):
         for prefix in self.PREFIXES:
@@ -1496,7 +2091,7 @@ class Holder:
             if now >= self.fence_at:
                 raise LockLost("no refresh of %s succeeded for %.1fs (%s); the lock could "
                                "expire on etcd, so giving it up" % (
-                                   self.config.key,
+                                   self.config.lock_key,
                                    now - (self.valid_until - self.config.lock_ttl),
                                    last_error or "etcd did not answer"), fenced=True)
             if now < next_refresh:
@@ -1668,7 +2263,7 @@ def run(argv, log, status, watch):
         holder = Holder(lock, config, log, watch, valid_until)
         holder.arm_backstop()  # from '0' on, nothing may block unguarded
         status.write(STATUS_HELD)
-        log.info("took lock %s (%s) as %s" % (config.key, lock.api, value))
+        log.info("took lock %s (%s) as %s" % (config.lock_key, lock.api, value))
         holder.hold()
     except ConfigError as e:
         watch.leave()
@@ -1677,7 +2272,7 @@ def run(argv, log, status, watch):
         return 3
     except LockContended as e:
         watch.leave()  # ctdbd sends SIGTERM the moment it reads '1'
-        log.info("lock %s is held by %s" % (config.key, e))
+        log.info("lock %s is held by %s" % (config.lock_key, e))
         # Whatever we took on the way goes back before we say so; should
         # that fail, it expires by its TTL, and it is still contention.
         _release(lock, 1, log, quiet=True)
@@ -1690,7 +2285,7 @@ def run(argv, log, status, watch):
         status.close()
         if held:
             log.info("releasing lock %s: %s" % (
-                config.key, "terminated" if isinstance(e, Terminated) else e))
+                config.lock_key, "terminated" if isinstance(e, Terminated) else e))
         elif isinstance(e, ParentGone):
             log.info("%s; not taking the lock" % e)
         # Quickly: once our parent is gone, ctdbd may be racing for the lock.
@@ -1708,7 +2303,7 @@ def run(argv, log, status, watch):
         return 1
     except EtcdLockError as e:
         watch.leave()
-        log.error("cannot take lock %s - %s" % (config.key, e))
+        log.error("cannot take lock %s - %s" % (config.lock_key, e))
         status.write(STATUS_ERROR)
         # Give back whatever we may have taken (a create whose answer was
         # lost); the status went first, so ctdbd need not wait for this.

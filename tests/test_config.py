@@ -38,9 +38,21 @@ BAD_FILES = [
     ("set twice", "port = 1\nport = 2\n", ["etcd:2", "port", "line 1"]),
     ("empty key", "= 3\n", ["etcd:1", "key = value"]),
     ("bad api", "api = v4\n", ["etcd:1", "api", "v4"]),
-    ("https not yet", "protocol = https\n", ["etcd:1", "protocol", "https", "TLS"]),
-    ("host with port", "host = 127.0.0.1:2379\n", ["etcd:1", "host", "port = N"]),
+    ("bad protocol", "protocol = ftp\n", ["etcd:1", "protocol", "https"]),
+    ("host with a bad port", "host = etcd1:x\n", ["etcd:1", "host", "whole number"]),
     ("host as URL", "host = http://etcd1\n", ["etcd:1", "host", "http://"]),
+    ("host a broken tuple", "host = (('a', 1),\n", ["etcd:1", "host", "tuple"]),
+    ("host a tuple of names", "host = ('a', 'b')\n", ["etcd:1", "host", "whole number"]),
+    ("endpoints without scheme", "endpoints = etcd1:2379\n", ["etcd:1", "endpoints", "http://"]),
+    ("endpoints and host", "endpoints = http://a:1\nhost = b\n",
+     ["etcd:1", "endpoints", "host", "etcd:2"]),
+    ("srv_domain and host", "srv_domain = example.com\nhost = b\n",
+     ["srv_domain", "host"]),
+    ("srv_domain not a domain", "srv_domain = a b\n", ["etcd:1", "srv_domain"]),
+    ("username without password", "username = root\n", ["etcd:1", "username", "password"]),
+    ("key without cert", "key = /k.pem\n", ["etcd:1", "key", "cert"]),
+    ("cert tuple and key", "cert = ('/c', '/k')\nkey = /k\n", ["cert", "key"]),
+    ("bad boolean", "allow_reconnect = maybe\n", ["etcd:1", "allow_reconnect", "true"]),
     ("lock_ttl too small for the default refresh", "lock_ttl = 2\n",
      ["etcd:1", "refresh (2s)", "lock_ttl (2s)"]),
     ("cluster id not hex", "expected_cluster_id = zz\n", ["etcd:1", "expected_cluster_id"]),
@@ -77,8 +89,8 @@ def test_missing_default_file_means_defaults(tmp_path):
     config = ctdb_etcd_lock.read_config(str(tmp_path / "etcd"), required=False)
     assert (config.host, config.port, config.lock_ttl, config.refresh, config.locks_dir,
             config.api, config.version_prefix, config.read_timeout) == (
-        "127.0.0.1", 2379, 9, 2.0, "_ctdb", "auto", "/v2", 60.0)
-    assert config.endpoint == "http://127.0.0.1:2379"
+        [("127.0.0.1", None)], 2379, 9, 2.0, "_ctdb", "auto", "/v2", 60.0)
+    assert [endpoint.url for endpoint in config.endpoints] == ["http://127.0.0.1:2379"]
 
 
 def test_missing_named_file_is_an_error(spawn, tmp_path):
@@ -117,17 +129,20 @@ def test_comments_blank_lines_and_alias(spawn, tmp_path, etcd34, key, lock_name)
     assert helper.stderr() == ""
 
 
-def test_not_yet_implemented_settings_say_so_once(spawn, tmp_path, etcd34, lock_name):
+def test_python_etcd_settings_not_needed_are_taken_as_written(spawn, tmp_path, etcd34,
+                                                               lock_name):
+    # Values as python-etcd users wrote them: True, false, numbers, quotes.
     path = write_config(str(tmp_path / "etcd"), {
-        "port": etcd34.port, "lock_ttl": 3, "lock_refresh": 1, "lock_name": lock_name,
-        "allow_reconnect": "True", "per_host_pool_size": 10})
+        "port": etcd34.port, "lock_ttl": 3, "lock_refresh": 1, "lock_name": '"%s"' % lock_name,
+        "allow_reconnect": "True", "allow_redirect": "false", "per_host_pool_size": 10,
+        "use_proxies": "True"})
     helper = spawn(config=path, args=())
     assert helper.status() == "0"
+    assert etcd34.v3_value("/_locks/_ctdb/" + lock_name)  # the quotes are no part of it
     helper.terminate()
     lines = helper.stderr_lines()
-    assert len(lines) == 2, lines
-    assert "etcd:5: setting allow_reconnect is not implemented yet" in lines[0]
-    assert "etcd:6: setting per_host_pool_size is not implemented yet" in lines[1]
+    assert len(lines) == 1, lines  # only use_proxies says something
+    assert "etcd:8: use_proxies is ignored" in lines[0]
 
 
 def test_lock_name_from_testparm(spawn, etcd34, lock_name):
