@@ -54,10 +54,17 @@ the parent and stdout's reader.  Log writes never block (ctdbd may stop
 reading our stderr).  Every way out after '0' closes stdout first, and queues
 the release behind any refresh still in flight, which would extend the lock.
 
+Several members.  Each request goes to the member that answered last and
+fails over to the next on a connection error, a timeout or a 5xx answer,
+each try with a fair share of the same deadline; every request is safe to
+send twice.  TLS and authentication live inside the same transport.
+
 Settings (file $CTDB_BASE/etcd, ``key = value``; defaults in brackets):
-    host [127.0.0.1]  port [2379]  protocol [http]  version_prefix [/v2]
-    read_timeout [60]  lock_ttl [9]  refresh [2] (alias: lock_refresh)
-    locks_dir [_ctdb]  lock_name [Samba's netbios name]  api [auto]
+    host [127.0.0.1] (a list, or python-etcd's tuple)  port [2379]
+    protocol [http]  endpoints (URLs)  srv_domain  ca_cert  cert  key
+    username  password  version_prefix [/v2]  read_timeout [60]
+    lock_ttl [9]  refresh [2] (alias: lock_refresh)  locks_dir [_ctdb]
+    lock_name [Samba's netbios name]  api [auto]  expected_cluster_id
 """
 
 import os
@@ -290,14 +297,10 @@ def _word(choices, hint=""):
 
 
 def _cluster_id(text):
-    try:
-        if len(text) > 16:
-            raise ValueError()
-        int(text, 16)
-    except ValueError:
+    if not 0 < len(text) <= 16 or text.strip("0123456789abcdefABCDEF"):
         raise ValueError("%s is not a cluster id in hex, as etcd's X-Etcd-Cluster-Id "
-                         "header gives it" % _shown(text)) from None
-    return text.lower()
+                         "header gives it" % _shown(text))
+    return format(int(text, 16), "x")
 
 
 MAX_NAME = 1024  # characters of locks_dir or lock_name: a longer one is a mistake
@@ -395,7 +398,8 @@ def _split_host_port(item):
 
 def _host(text):
     """A host name or address: no scheme, no port, no brackets."""
-    if not text or len(text) > 253 or any(char in text for char in " \t/[]@,"):
+    if not text or len(text) > 253 or any(char in text for char in " /[]@,") \
+            or not text.isprintable():
         raise ValueError("%s is no host name or address (give host, host:port or "
                          "[IPv6]:port, and no http://)" % _shown(text))
     if ":" in text:
@@ -620,7 +624,8 @@ def read_config(path, required):
                           "UTF-8 text" % (path, getattr(e, "strerror", None) or e)) from None
 
     values, lines, unknown = {}, {}, []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(text.split("\n"), 1):  # as an editor counts them
+        line = line.rstrip("\r")
         where = "%s:%d" % (path, number)
         line = _strip_comment(line).strip()
         if not line or line[0] in "#;":
@@ -700,6 +705,10 @@ class Signals:
     def catch(cls):
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, cls._note)
+        # A mask inherited from whoever started us must not keep them (or
+        # the backstop's SIGALRM) from us.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK,
+                               {signal.SIGTERM, signal.SIGINT, signal.SIGALRM})
 
     @classmethod
     def wake_waits(cls):
@@ -849,26 +858,34 @@ def run_quietly(argv, timeout, watch):
                                  stderr=subprocess.DEVNULL, start_new_session=True)
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
-    out = b""
+    out, reading, pause, grace = b"", True, 0.001, None
     try:
         pipe = child.stdout.fileno()
         os.set_blocking(pipe, False)
-        while True:
-            watch.wait(deadline, readers=[pipe])
+        # Until its stdout ends and it has exited.  No pidfd everywhere for
+        # the exit: a short poll, growing.
+        while reading or child.poll() is None:
+            if grace is None and child.poll() is not None:
+                # It has exited; something it left behind may hold its
+                # stdout open: what it said so far is all it says.
+                grace = watch.clock() + 0.1
+            until = min(deadline, grace or deadline)
+            if watch.clock() >= until:
+                if grace is not None and until < deadline:
+                    break
+                return None
+            try:
+                watch.wait(min(until, watch.clock() + pause), readers=[pipe] if reading else [])
+            except _NoTime:
+                pause = min(pause * 2, 0.05)
+                continue
             chunk = os.read(pipe, MAX_OUTPUT)
             if not chunk:
-                break
+                reading = False
+                continue
             out += chunk
             if len(out) > MAX_OUTPUT:
                 return None
-        # Its stdout closed: it is ending.  A pidfd is not to be had
-        # everywhere; a short poll is.
-        pause = 0.001
-        while child.poll() is None:
-            watch.sleep(pause)
-            if watch.clock() >= deadline:
-                return None
-            pause = min(pause * 2, 0.05)
     except (_NoTime, OSError):
         return None
     finally:
@@ -960,6 +977,7 @@ class Connection:
         self.clock = clock
         self.watch = watch
         self.buffer = b""
+        self.head = b""  # the first bytes ever received, to tell what answered
         self.used = False  # a kept-alive connection etcd may have closed meanwhile
         self.sent = False  # a request is sent and not answered yet
         self.want_read = self.want_write = _Never
@@ -968,7 +986,11 @@ class Connection:
             # Each address gets a fair share of what is left: one that drops
             # packets silently must not eat the time of the next.
             share = (deadline - clock()) / (len(addresses) - tried)
-            self.sock = socket.socket(family, kind, proto)
+            try:
+                self.sock = socket.socket(family, kind, proto)
+            except OSError as e:  # e.g. IPv6 switched off: the next address
+                error = e
+                continue
             self.sock.setblocking(False)
             try:
                 self._connect(address, min(deadline, clock() + share))
@@ -1011,8 +1033,9 @@ class Connection:
         """Close without a reset: a reset (sent when answers lie unread) may
         cost etcd the requests it has not read yet."""
         try:
-            while self.sock.recv(65536):
-                pass
+            for _ in range(64):  # what has come; a flood is not ours to read
+                if not self.sock.recv(65536):
+                    break
         except OSError:
             pass
         self.sock.close()
@@ -1055,40 +1078,86 @@ class Connection:
         try:
             self._send(request, deadline)
             self.sent = True
-            status_line = self._line(deadline, first=reused)
+            return self.answer(deadline, first=reused)
         except (ConnectionResetError, BrokenPipeError):
-            if reused:
+            if reused and not self.buffer:
                 raise _Closed() from None
             raise
-        parts = status_line.split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise ValueError("not an HTTP answer: %r" % status_line[:40])
-        status = int(parts[1])
-        answer_headers = {}
+
+    def answer(self, deadline, first=False):
+        """The answer to the request in flight.  Bytes stay in the buffer
+        until the whole answer is there, so a wait that was cut short (a
+        deadline, a signal) can be taken up again later."""
         while True:
-            line = self._line(deadline)
-            if not line:
-                break
+            answer = self._parse(eof=False)
+            if answer is None and not self._fill(deadline, first, eof_ok=True):
+                answer = self._parse(eof=True)
+                if answer is None:
+                    raise ValueError("answer cut short")
+            if answer is not None:
+                self.sent = False  # answered
+                return answer
+
+    def _parse(self, eof):
+        """(status, headers, body, keep_alive) if the buffer holds a whole
+        answer (consumed then), else None."""
+        buffer = self.buffer
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > 65536:
+                raise ValueError("header too long")
+            return None
+        lines = buffer[:end].split(b"\r\n")
+        parts = lines[0].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise ValueError("not an HTTP answer: %r" % lines[0][:40])
+        headers = {}
+        for line in lines[1:]:
             name, colon, value = line.partition(b":")
             if not colon:
                 raise ValueError("bad header line %r" % line[:40])
-            answer_headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
-        if "chunked" in answer_headers.get("transfer-encoding", "").lower():
-            data = self._chunked(deadline)
-        elif "content-length" in answer_headers:
-            length = int(answer_headers["content-length"])
+            headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+        keep_alive = parts[0] == b"HTTP/1.1" and headers.get("connection", "").lower() != "close"
+        at = end + 4
+        if "chunked" in headers.get("transfer-encoding", "").lower():
+            chunks = []
+            while True:
+                eol = buffer.find(b"\r\n", at)
+                if eol < 0:
+                    return None
+                size = int(buffer[at:eol].split(b";")[0].strip(), 16)
+                at = eol + 2
+                if size == 0:
+                    while True:  # trailers, up to the blank line
+                        eol = buffer.find(b"\r\n", at)
+                        if eol < 0:
+                            return None
+                        line, at = buffer[at:eol], eol + 2
+                        if not line:
+                            break
+                    break
+                if sum(map(len, chunks)) + size > self.MAX_ANSWER:
+                    raise ValueError("answer too long")
+                if len(buffer) < at + size + 2:
+                    return None
+                if buffer[at + size:at + size + 2] != b"\r\n":
+                    raise ValueError("chunk without its CRLF")
+                chunks.append(buffer[at:at + size])
+                at += size + 2
+            body = b"".join(chunks)
+        elif "content-length" in headers:
+            length = int(headers["content-length"])
             if not 0 <= length <= self.MAX_ANSWER:
                 raise ValueError("answer of %d bytes" % length)
-            data = self._exactly(length, deadline)
-        else:  # the body ends where the connection does
-            while self._fill(deadline, eof_ok=True):
-                pass
-            data, self.buffer = self.buffer, b""
-            answer_headers["connection"] = "close"
-        keep_alive = (parts[0] == b"HTTP/1.1"
-                      and answer_headers.get("connection", "").lower() != "close")
-        self.sent = False  # answered
-        return status, answer_headers, data, keep_alive
+            if len(buffer) < at + length:
+                return None
+            body, at = buffer[at:at + length], at + length
+        elif eof:  # the body ends where the connection does
+            body, at, keep_alive = buffer[at:], len(buffer), False
+        else:
+            return None
+        self.buffer = buffer[at:]
+        return int(parts[1]), headers, body, keep_alive
 
     def _send(self, data, deadline):
         while data:
@@ -1098,43 +1167,23 @@ class Connection:
         """Read more into the buffer; False at the end of the stream (if eof_ok)."""
         chunk = self._io(lambda: self.sock.recv(65536), deadline, write=False)
         if not chunk:
-            if first:
+            if first and not self.buffer:
                 raise _Closed()
             if eof_ok:
                 return False
             raise ValueError("answer cut short")
         self.buffer += chunk
+        if len(self.head) < 100:
+            self.head += chunk[:100]
         if len(self.buffer) > self.MAX_ANSWER + 65536:
             raise ValueError("answer too long")
         return True
-
-    def _line(self, deadline, first=False):
-        while b"\r\n" not in self.buffer:
-            if len(self.buffer) > 65536:
-                raise ValueError("header line too long")
-            self._fill(deadline, first=first and not self.buffer)
-        line, self.buffer = self.buffer.split(b"\r\n", 1)
-        return line
 
     def _exactly(self, length, deadline):
         while len(self.buffer) < length:
             self._fill(deadline)
         data, self.buffer = self.buffer[:length], self.buffer[length:]
         return data
-
-    def _chunked(self, deadline):
-        data = b""
-        while True:
-            size = int(self._line(deadline).split(b";")[0].strip(), 16)
-            if size == 0:
-                while self._line(deadline):  # trailers, up to the blank line
-                    pass
-                return data
-            if len(data) + size > self.MAX_ANSWER:
-                raise ValueError("answer too long")
-            data += self._exactly(size, deadline)
-            if self._line(deadline):
-                raise ValueError("chunk without its CRLF")
 
 
 def _tls_failure(error, endpoint, config):
@@ -1160,6 +1209,37 @@ def _tls_failure(error, endpoint, config):
     if type(error).__module__ == "ssl" or type(error).__name__.startswith("SSL"):
         return "TLS with %s failed: %s" % (endpoint.url, _cut(str(reason), 120))
     return None
+
+
+def _addresses(endpoint, watch, deadline):
+    """getaddrinfo for a member.  A resolver cannot be interrupted, so a
+    name is resolved in a thread of its own, waited for through the watch,
+    and left behind should we have to go."""
+    import socket
+    try:  # an address needs no resolver
+        return socket.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM,
+                                  flags=socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass
+    import threading
+    answer = []
+
+    def resolve():
+        try:
+            answer.append(socket.getaddrinfo(endpoint.host, endpoint.port,
+                                             type=socket.SOCK_STREAM))
+        except (OSError, UnicodeError) as e:
+            answer.append(e)
+    threading.Thread(target=resolve, daemon=True).start()
+    pause = 0.0005
+    while not answer:
+        if watch.clock() >= deadline:
+            raise OSError(0, "no answer from the resolver in time")
+        watch.sleep(min(pause, deadline - watch.clock()))
+        pause = min(pause * 2, 0.05)
+    if isinstance(answer[0], Exception):
+        raise answer[0]
+    return answer[0]
 
 
 class _MemberFailed(Exception):
@@ -1488,6 +1568,36 @@ class Transport:
         raise TransportError("no etcd member answered in %.1fs: %s" % (
             self.clock() - started, "; ".join(failures)))
 
+    def answers_in_flight(self, deadline):
+        """The answers still due to requests whose wait was cut short (by a
+        signal, a deadline), as far as they come by the deadline."""
+        answers = []
+        for conn in self._in_flight:
+            if conn.sent:
+                try:
+                    status, headers, body, _ = conn.answer(deadline)
+                except (_NoTime, _Closed, ValueError, OSError):
+                    continue
+                answers.append(Response(status, headers, body, conn.endpoint.url))
+        return answers
+
+    def check_members(self, deadline):
+        """Ask every other member which cluster it belongs to.  A member of
+        another cluster, listed by mistake, could give a node a lock of its
+        own while the others hold the real one.  A member that does not
+        answer by the deadline is merely down, and skipped."""
+        import json
+        others = [index for index in range(len(self.members or ())) if index != self.current]
+        for tried, index in enumerate(others):
+            until = self.clock() + (deadline - self.clock()) / (len(others) - tried)
+            try:
+                response = self._ask(index, "POST", "/v3/maintenance/status",
+                                     {"Content-Type": "application/json"}, b"{}", until, False)
+                cluster_id = json.loads(response.body.decode()).get("header", {})["cluster_id"]
+            except (_MemberFailed, ValueError, KeyError, AttributeError):
+                continue
+            self.check_cluster(format(_int(cluster_id), "x"), response.endpoint)
+
     def _ask(self, index, method, path, headers, body, deadline, secret):
         """One member's answer, or _MemberFailed."""
         endpoint = self.members[index][0]
@@ -1515,11 +1625,20 @@ class Transport:
                                 % endpoint.url, sent=True) from None
         except (ValueError, OSError) as e:
             sent = self._conn is not None and self._conn.sent
+            head = self._conn.head if self._conn is not None else b""
             self._drop()
             tls = _tls_failure(e, endpoint, self.config) if endpoint.scheme == "https" \
                 else None
             if tls:
                 raise _MemberFailed(tls, sent) from None
+            if b"HTTPS server" in head or head[:1] == b"\x15":  # a TLS alert
+                raise _MemberFailed("%s speaks TLS; use https:// there (protocol = https)"
+                                    % endpoint.url) from None
+            if endpoint.scheme == "http" and not head and sent:
+                # etcd's TLS port closes on plain HTTP without a word.
+                raise _MemberFailed("%s closed the connection without a word; if it speaks "
+                                    "TLS, use https:// there (protocol = https)"
+                                    % endpoint.url, sent) from None
             if isinstance(e, ValueError):
                 raise _MemberFailed("%s answered in a way etcd would not: %s" % (
                     endpoint.url, e), sent) from None
@@ -1536,6 +1655,7 @@ class Transport:
             self._drop()
         self.log.trace("  HTTP %d %s" % (status, "(not shown)" if secret else repr(data[:500])))
         if endpoint.scheme == "http" and status == 400 and b"HTTPS server" in data:
+            self._drop(in_flight=False)
             raise _MemberFailed("%s speaks TLS; use https:// there (protocol = https)"
                                 % endpoint.url)
         return Response(status, answer_headers, data, endpoint.url)
@@ -1555,15 +1675,14 @@ class Transport:
     def _members(self, deadline):
         """The members with their addresses, resolved on first use."""
         if self.members is None:
-            import socket
             endpoints = self.config.endpoints
             if endpoints is None:
                 endpoints = srv_members(self.config, self.watch, deadline)
             members, failures = [], []
-            for endpoint in endpoints:
+            for tried, endpoint in enumerate(endpoints):
+                until = self.clock() + (deadline - self.clock()) / (len(endpoints) - tried)
                 try:
-                    addresses = socket.getaddrinfo(endpoint.host, endpoint.port,
-                                                   type=socket.SOCK_STREAM)
+                    addresses = _addresses(endpoint, self.watch, until)
                 except (OSError, UnicodeError) as e:
                     failures.append("cannot resolve etcd host %s: %s" % (
                         _shown(endpoint.host), getattr(e, "strerror", None) or e))
@@ -1769,6 +1888,18 @@ class V2Lock:
         return sent + self.ttl
 
     def release(self, deadline):
+        if self.entry is None and self.posted:
+            # Our POST went out and we stopped waiting for its answer (a
+            # signal came): that answer names our entry.  Looking for it
+            # instead could come before the POST is applied.
+            clock = self.transport.clock
+            for response in self.transport.answers_in_flight(clock() + (deadline - clock()) / 2):
+                try:
+                    node = self._answer(response)["node"]
+                except EtcdLockError:
+                    continue
+                if node.get("value") == self.value:
+                    self.entry = node.get("key")
         if self.entry is not None:
             # Behind any refresh still in flight, which would extend the entry.
             self._delete(self.entry, deadline, behind=True)
@@ -1789,9 +1920,12 @@ class V2Lock:
                           deadline, behind=behind)
             self.log.info("gave back our v2 entry %s" % key)
         except EtcdError as e:
-            if e.code not in (100, 101):
+            if e.code == 100:  # expired, or given back by a delete queued behind
+                self.log.info("our v2 entry %s is gone already" % key)
+            elif e.code == 101:
+                self.log.info("v2 entry %s holds another value now; left it alone" % key)
+            else:
                 raise
-            self.log.info("v2 entry %s was no longer ours; left it alone" % key)
 
 
 class V3Lock:
@@ -2180,8 +2314,9 @@ class StatusPipe:
             self.written = status
             try:
                 os.write(self.fd, status)
-            except BrokenPipeError:
-                raise ParentGone("nobody reads stdout") from None
+            except OSError as e:  # EPIPE, or anything else: nobody hears us
+                raise ParentGone("cannot write the status to stdout: %s"
+                                 % (e.strerror or e)) from None
 
     def close(self):
         """ctdbd reads EOF: after '0', the lock is lost."""
@@ -2214,11 +2349,12 @@ def main(argv=None):
     ppid = os.getppid()
     Signals.catch()
     log = Log()
-    if not _open_std_fds():
+    std_fds = _open_std_fds()
+    Log.open()
+    if not std_fds:
         # Nobody could hear a status, not even a '0': take nothing.
         log.error("stdout is closed, so nobody can hear a status; not taking the lock")
         return 3
-    Log.open()
     Signals.wake_waits()
     status = StatusPipe()
     watch = Watch(ppid, stdout=status.fd if status.is_pipe else None)
@@ -2258,6 +2394,7 @@ def run(argv, log, status, watch):
         # Taking the lock may not take longer than the lock would live.
         deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
         valid_until = lock.acquire(deadline)
+        lock.transport.check_members(min(time.monotonic() + 0.5, deadline))
         if time.monotonic() >= valid_until - config.lock_ttl * FENCE_SHARE:
             raise TransportError("etcd answered too late to trust the lock")
         holder = Holder(lock, config, log, watch, valid_until)
@@ -2304,10 +2441,23 @@ def run(argv, log, status, watch):
     except EtcdLockError as e:
         watch.leave()
         log.error("cannot take lock %s - %s" % (config.lock_key, e))
-        status.write(STATUS_ERROR)
-        # Give back whatever we may have taken (a create whose answer was
-        # lost); the status went first, so ctdbd need not wait for this.
-        _release(lock, 1, log, quiet=True)
+        try:
+            status.write(STATUS_ERROR)
+        finally:
+            # Give back whatever we may have taken (a create whose answer
+            # was lost); the status went first, so ctdbd need not wait.
+            _release(lock, 1, log, quiet=True)
+        return 3
+    except Exception as e:  # a bug of ours: one line, and the lock goes back
+        watch.leave()
+        held = status.written == STATUS_HELD
+        if held:
+            status.close()
+        log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
+        try:
+            status.write(STATUS_ERROR)
+        finally:
+            _release(lock, 1, log, quiet=True, until=holder.valid_until if held else None)
         return 3
 
 
@@ -2336,6 +2486,7 @@ if __name__ == "__main__":
     code = main()
     # Done: a late signal must not kill the interpreter on its way out
     # (Python restores the default action of signals it handled).
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+        signal.signal(signum, signal.SIG_IGN)
     sys.exit(code)

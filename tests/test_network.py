@@ -7,8 +7,10 @@ Only loopback addresses, and a private mount namespace for /etc/hosts."""
 
 import os
 import queue
+import re
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -42,6 +44,7 @@ class DelayProxy:
     def __init__(self, port):
         self.port_upstream = port
         self.delay = 0.0
+        self.only = None  # delay only data holding these bytes (and what follows it)
         self.closed = threading.Event()
         self.listener = socket.socket()
         self.listener.bind(("127.0.0.1", 0))
@@ -89,7 +92,8 @@ class DelayProxy:
                 data = client.recv(65536)
             except OSError:
                 data = b""
-            pending.put((time.monotonic() + self.delay + (0 if data else self.FIN_GRACE),
+            delay = self.delay if self.only is None or (data and self.only in data) else 0
+            pending.put((time.monotonic() + delay + (0 if data else self.FIN_GRACE),
                          data or None))
             if not data:
                 return
@@ -312,3 +316,22 @@ def test_second_address_is_tried_in_time(etcd34, tmp_path, stubs, started, key, 
     finally:
         for sock in sockets:
             sock.close()
+
+
+def test_sigterm_while_the_v2_post_is_in_flight_leaves_nothing(etcd34, spawn, delay_proxy,
+                                                              key):
+    # The entry's POST is held up on its way; the helper is told to go
+    # meanwhile.  Its release must not look for the entry before the POST
+    # lands (and find nothing): the POST's own answer names it.
+    proxy = delay_proxy(etcd34.port)
+    proxy.delay, proxy.only = 0.5, b"POST /v2/keys"
+    helper = spawn(port=proxy.port, api="v2", args=("-vv",))
+    wait_for(lambda: "POST" in helper.stderr(), 5, "the helper to send its POST")
+    helper.proc.send_signal(signal.SIGTERM)
+    assert helper.wait(3) == 0
+    assert helper.status(0.1) == ""
+    # It waited for the POST's answer and deleted what the POST made, rather
+    # than leave it blocking the lock for a TTL (3 s).
+    assert re.search(r"our v2 entry %s/\d+ is gone already|gave back our v2 entry %s/"
+                     % (key, key), helper.stderr()), helper.stderr()
+    assert not etcd34.v2_entries(key)

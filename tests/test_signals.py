@@ -639,3 +639,52 @@ def test_stdout_a_regular_file_holds_with_a_warning(etcd34, launch, key, tmp_pat
     assert holder.wait(1) == 0
     assert out.read_bytes() == b"0"
     assert nothing_held(etcd34, key), what_is_held(etcd34, key)
+
+
+# ---------------------------------------------------------------------------
+# 9. Found by an adversarial review
+
+def test_status_write_failing_releases(etcd34, launch, key):
+    # stdout /dev/full: the '0' cannot be written (ENOSPC, not EPIPE); the
+    # lock goes back at once instead of waiting out its TTL.
+    with open("/dev/full", "wb") as full:
+        helper = launch(etcd34, api="auto", args=("-v",), stdout=full)
+    assert helper.wait(3) == 0
+    assert no_traceback(helper.stderr()), helper.stderr()
+    assert nothing_held(etcd34, key), what_is_held(etcd34, key)
+
+
+# Blocks SIGTERM, SIGINT and SIGALRM, then becomes the helper: the mask is
+# inherited across exec.
+BLOCKING = ("import os, signal, sys\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT,"
+            " signal.SIGALRM})\n"
+            "os.execv(sys.argv[1], sys.argv[1:])\n")
+
+
+def test_inherited_signal_mask_does_not_keep_sigterm_out(etcd34, launch, key):
+    holder = launch(etcd34, api="auto", args=(), wrap=[SYSTEM_PYTHON, "-c", BLOCKING])
+    assert holder.status() == "0", holder.stderr()
+    holder.proc.send_signal(signal.SIGTERM)
+    assert holder.wait(1) == 0
+    assert nothing_held(etcd34, key), what_is_held(etcd34, key)
+
+
+def test_stdout_closed_and_stderr_full_exits_at_once(etcd34, launch, full_pipe, key):
+    helper = launch(etcd34, api="auto", args=(), wrap=closing("1>&-"),
+                    stdout=subprocess.DEVNULL, stderr=full_pipe.w)
+    assert helper.wait(3) == 3
+    assert nothing_held(etcd34, key), what_is_held(etcd34, key)
+
+
+def test_testparm_leaving_a_child_on_its_stdout(etcd34, launch, tmp_path, stubs, lock_name):
+    # It answers and exits at once; what it left behind keeps its stdout
+    # open for 30 s.  Its answer counts, without waiting for that.
+    path = own_testparm(tmp_path, stubs, "daemon-bin",
+                        'echo "$STUB_NETBIOS_NAME"\n(sleep 30 &)\n')
+    started = time.monotonic()
+    holder = launch(etcd34, api="auto", args=(), lock_name=None, path=path,
+                    env={"STUB_NETBIOS_NAME": lock_name})
+    assert holder.status() == "0", holder.stderr()
+    assert time.monotonic() - started < 2
+    assert holder.terminate() == 0

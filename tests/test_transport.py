@@ -2,6 +2,8 @@
 fake server: status 3, one line naming the endpoint, never a traceback, and
 never a wait longer than the lock would live."""
 
+import errno
+import os
 import socket
 import socketserver
 import threading
@@ -100,3 +102,25 @@ def test_slow_server_cannot_stretch_the_deadline(fake, spawn, api, answer):
     assert time.monotonic() - started < 3
     lines = helper.stderr_lines()
     assert len(lines) == 1 and "did not answer within" in lines[0], lines
+
+
+def test_an_address_without_a_socket_is_skipped(etcd34, monkeypatch):
+    # A kernel without IPv6 (ipv6.disable=1) refuses the socket itself: the
+    # next address must still be tried.
+    import ctdb_etcd_lock
+    real = socket.socket
+
+    def no_ipv6(family=-1, *args, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return real(family, *args, **kwargs)
+    monkeypatch.setattr(socket, "socket", no_ipv6)
+    addresses = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", etcd34.port, 0, 0)),
+                 (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", etcd34.port))]
+    conn = ctdb_etcd_lock.Connection(ctdb_etcd_lock.Endpoint("http", "127.0.0.1", etcd34.port),
+                                     addresses, time.monotonic() + 2, time.monotonic,
+                                     ctdb_etcd_lock.Watch(1))
+    request = ctdb_etcd_lock.Connection.encode("GET", "127.0.0.1", "/version", {}, None)
+    status = conn.exchange(request, time.monotonic() + 2)[0]
+    conn.close()
+    assert status == 200
