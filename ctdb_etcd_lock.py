@@ -927,7 +927,7 @@ def holder_value(watch):
 
 
 # ---------------------------------------------------------------------------
-# Transport: one HTTP connection to etcd, every request bounded by a deadline.
+# Transport: HTTP/1.1 (and TLS) to etcd's members, every request bounded by a deadline.
 
 class Response:
     def __init__(self, status, headers, body, endpoint):
@@ -1559,7 +1559,9 @@ class Transport:
             if (response.status >= 500 or response.status in (408, 429)) \
                     and attempt + 1 < len(members):
                 # No leader, not ready, overloaded: another member may do.
+                # (What it was asked may still be done, as after a timeout.)
                 failures.append("%s answered HTTP %d" % (response.endpoint, response.status))
+                self.unanswered += 1
                 continue
             self.current = index
             return response

@@ -43,3 +43,21 @@ def test_runs_as_installed():
     with open(HELPER) as f:
         assert f.readline() == "#!/usr/bin/python3\n"
     assert os.access(HELPER, os.X_OK)
+
+
+# Runs the helper, and notes at its exit which of the modules it loaded.
+NOTING = ("import atexit, runpy, sys\n"
+          "out = sys.argv.pop(1)\n"
+          "atexit.register(lambda: open(out, 'w').write(' '.join(sorted(sys.modules))))\n"
+          "sys.argv = sys.argv[1:]\n"
+          "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+
+
+def test_plain_http_never_loads_ssl(etcd34, spawn, tmp_path):
+    # ssl costs start-up time; only https members need it.
+    noted = tmp_path / "modules"
+    holder = spawn(etcd34, args=(), wrap=[SYSTEM_PYTHON, "-c", NOTING, str(noted)])
+    assert holder.status() == "0", holder.stderr()
+    assert holder.terminate() == 0
+    modules = noted.read_text().split()
+    assert "socket" in modules and "ssl" not in modules, modules
