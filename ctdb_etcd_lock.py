@@ -348,6 +348,10 @@ def _unquoted(text):
     if len(text) >= 2 and text[0] in "'\"" and text[-1] == text[0]:
         value = _literal(text, "quoted string")
         if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeError:
+                raise ValueError("%s holds no text (a lone surrogate)" % _shown(text)) from None
             return value
     return text
 
@@ -360,27 +364,30 @@ def _boolean(text):
     raise ValueError("%s is not true or false" % _shown(text))
 
 
+MAX_MEMBERS = 100  # an etcd cluster has 3, 5 or 7; more is a mistake
+
+
 def _members(text):
     """host: one name or address, a comma list of host[:port] (IPv6 in
     brackets), or python-etcd's tuple of (host, port) pairs.  A list of
     (host, port or None)."""
-    if text[:1] in "([":
+    if text[:1] == "(" or text[:2] in ("[(", "[["):
         pairs = _literal(text, "tuple of (host, port) pairs")
         if isinstance(pairs, tuple) and len(pairs) == 2 and isinstance(pairs[0], str):
             pairs = (pairs,)  # one pair alone
         if not (isinstance(pairs, (tuple, list)) and pairs
                 and all(isinstance(pair, (tuple, list)) and len(pair) == 2 for pair in pairs)):
             raise ValueError("%s is not a tuple of (host, port) pairs" % _shown(text))
+        if len(pairs) > MAX_MEMBERS:
+            raise ValueError("%d members are more than %d" % (len(pairs), MAX_MEMBERS))
         return [(_host(str(host)), _integer(1, 65535)(str(port))) for host, port in pairs]
     if "://" in text:
         raise ValueError("%s: give host, host:port or [IPv6]:port, and no http:// "
                          "(URLs go in endpoints)" % _shown(text))
-    members = []
-    for item in text.split(","):
-        item = item.strip()
-        host, port = _split_host_port(item)
-        members.append((_host(host), port))
-    return members
+    items = text.split(",")
+    if len(items) > MAX_MEMBERS:
+        raise ValueError("%d members are more than %d" % (len(items), MAX_MEMBERS))
+    return [(_host(host), port) for host, port in map(_split_host_port, map(str.strip, items))]
 
 
 def _split_host_port(item):
@@ -408,12 +415,17 @@ def _host(text):
             socket.inet_pton(socket.AF_INET6, text)
         except OSError:
             raise ValueError("%s is no host name or address" % _shown(text)) from None
-    return text
+    try:  # as DNS and the Host header know it
+        return text.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ValueError("%s is no host name" % _shown(text)) from None
 
 
 def _urls(text):
     """endpoints: etcdctl's comma list of http:// or https:// URLs."""
     urls = []
+    if text.count(",") >= MAX_MEMBERS:
+        raise ValueError("more than %d members" % MAX_MEMBERS)
     for item in text.split(","):
         item = item.strip()
         scheme, colon, rest = item.partition("://")
@@ -646,6 +658,8 @@ def read_config(path, required):
         try:
             values[name] = setting.parse(_unquoted(value))
         except ValueError as e:
+            if name == "password":  # never shown, not even in part
+                e = "not a usable password (a quote not closed?)"
             raise ConfigError("%s: bad %s: %s" % (where, key, e)) from None
         lines[name] = number
     return Config(values, path, lines, unknown, mode)
@@ -881,7 +895,7 @@ def run_quietly(argv, timeout, watch):
                 continue
             chunk = os.read(pipe, MAX_OUTPUT)
             if not chunk:
-                reading = False
+                reading, pause = False, 0.0005  # its exit is near: look often
                 continue
             out += chunk
             if len(out) > MAX_OUTPUT:
@@ -970,6 +984,7 @@ class Connection:
     """
 
     MAX_ANSWER = 8 << 20  # the biggest answer we read (a v2 directory listing)
+    MAX_CHUNKS = 1000  # etcd sends a handful; parsing many again and again costs
 
     def __init__(self, endpoint, addresses, deadline, clock, watch, tls=None):
         import socket
@@ -1120,13 +1135,17 @@ class Connection:
         keep_alive = parts[0] == b"HTTP/1.1" and headers.get("connection", "").lower() != "close"
         at = end + 4
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            chunks = []
+            chunks, total = [], 0
             while True:
                 eol = buffer.find(b"\r\n", at)
                 if eol < 0:
                     return None
-                size = int(buffer[at:eol].split(b";")[0].strip(), 16)
-                at = eol + 2
+                size = buffer[at:eol].split(b";")[0].strip()
+                if not 0 < len(size) <= 8 or size.strip(b"0123456789abcdefABCDEF"):
+                    raise ValueError("bad chunk size %r" % size[:20])
+                if len(chunks) >= self.MAX_CHUNKS:
+                    raise ValueError("answer in over %d chunks" % self.MAX_CHUNKS)
+                size, at = int(size, 16), eol + 2
                 if size == 0:
                     while True:  # trailers, up to the blank line
                         eol = buffer.find(b"\r\n", at)
@@ -1136,7 +1155,8 @@ class Connection:
                         if not line:
                             break
                     break
-                if sum(map(len, chunks)) + size > self.MAX_ANSWER:
+                total += size
+                if total > self.MAX_ANSWER:
                     raise ValueError("answer too long")
                 if len(buffer) < at + size + 2:
                     return None
@@ -1346,7 +1366,7 @@ class Resolver:
                 except _NoTime:
                     if watch.clock() >= deadline:
                         raise ValueError(trouble) from None
-                except (OSError, ValueError, IndexError, struct.error) as e:
+                except (OSError, ValueError, IndexError, struct.error) as e:  # UnicodeError too
                     trouble = "%s answered %s" % (server, getattr(e, "strerror", None) or e)
         raise ValueError(trouble)
 
@@ -1436,7 +1456,7 @@ def _dns_read_name(message, offset):
         label = message[offset + 1:offset + 1 + length]
         if len(label) < length:
             raise ValueError("a name cut short")
-        labels.append(label.decode("ascii", "replace"))
+        labels.append(label.decode("ascii"))  # UnicodeError: a broken answer
         offset += 1 + length
     return ".".join(labels), end if end is not None else offset + 1
 
@@ -1549,7 +1569,10 @@ class Transport:
             left = deadline - self.clock()
             if left <= 0 and failures:
                 break
-            until = self.clock() + left / (len(members) - attempt)
+            share = left / (len(members) - attempt)
+            if attempt == 0:  # the member that answered last: a fair chance
+                share = max(share, min(left / 2, 0.5))
+            until = self.clock() + share
             try:
                 response = self._ask(index, method, path, headers, body, until, secret)
             except _MemberFailed as e:
@@ -2014,6 +2037,8 @@ class V3Lock:
             if "authentication is not enabled" in e.detail:
                 self.token = ""
                 return
+            if isinstance(e, EtcdError) and not _final(e):
+                raise  # no leader, say: that may pass
             raise AuthError("v3 authentication as %s at %s failed: %s; check username "
                             "and password in %s" % (
                                 _shown(self.config.username), response.endpoint, e.detail,
@@ -2285,21 +2310,32 @@ class Backstop:
 # Command line.
 
 def parse_args(argv):
-    import argparse
+    """(verbosity, config file or None) from ``-v``/``-vv``/``-vvv`` (or
+    ``--verbose``, repeated) and ``-c FILE`` (``--config FILE``).  No
+    --help: usage on stdout would read as a status to ctdbd.  (Not argparse:
+    it costs more start-up time than the rest of the helper's imports.)"""
+    verbose, config, args = 0, None, list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg in ("-c", "--config"):
+            if not args:
+                raise _usage("%s needs a file" % arg)
+            config = args.pop(0)
+        elif arg.startswith("--config="):
+            config = arg[len("--config="):]
+        elif arg.startswith("-c"):
+            config = arg[2:]
+        elif arg == "--verbose":
+            verbose += 1
+        elif len(arg) > 1 and arg[0] == "-" and arg[1:].strip("v") == "":
+            verbose += len(arg) - 1
+        else:
+            raise _usage("unknown argument %s" % _shown(arg))
+    return verbose, config
 
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):
-            raise ConfigError("bad command line: %s; usage: %s [-v...] [-c FILE]"
-                              % (message, PROG))
 
-    # No --help: usage on stdout would read as a status to ctdbd.
-    parser = Parser(prog=PROG, add_help=False)
-    parser.add_argument("-v", "--verbose", action="count", default=0,
-                        help="more detail on stderr (-v, -vv, -vvv)")
-    parser.add_argument("-c", "--config", default=None,
-                        help="config file (default: $CTDB_BASE/etcd, CTDB_BASE "
-                             "defaulting to /etc/ctdb)")
-    return parser.parse_args(argv)
+def _usage(problem):
+    return ConfigError("bad command line: %s; usage: %s [-v...] [-c FILE]" % (problem, PROG))
 
 
 class StatusPipe:
@@ -2379,10 +2415,9 @@ def run(argv, log, status, watch):
     try:
         if watch.orphan:
             raise ParentGone("parent gone before we started")
-        args = parse_args(argv)
-        log.verbose = args.verbose
-        path = args.config or os.path.join(os.environ.get("CTDB_BASE", "/etc/ctdb"), "etcd")
-        config = read_config(path, required=args.config is not None)
+        log.verbose, named = parse_args(argv)
+        path = named or os.path.join(os.environ.get("CTDB_BASE", "/etc/ctdb"), "etcd")
+        config = read_config(path, required=named is not None)
         for warning in config.ignored:
             log.error(warning)
         if not status.is_pipe:

@@ -406,3 +406,20 @@ def test_hanging_testparm_is_cut_short_and_killed(spawn, stubs, etcd34, stub):
                 os.kill(pid, 9)
             except OSError:
                 pass
+
+
+def test_hosts_as_admins_write_them():
+    members = ctdb_etcd_lock._members
+    assert members("[::1]:2379, 127.0.0.1") == [("::1", 2379), ("127.0.0.1", None)]
+    assert members("[('10.0.0.1', 2379)]") == [("10.0.0.1", 2379)]
+    assert members("bücher.example") == [("xn--bcher-kva.example", None)]  # IDNA
+    with pytest.raises(ValueError):
+        members(", ".join(["etcd"] * 101))
+
+
+def test_a_bad_password_is_never_shown(spawn, tmp_path):
+    path = tmp_path / "etcd"
+    path.write_text("username = root\npassword = 'it's-S3cret'\n")
+    path.chmod(0o600)
+    line = one_error_line(spawn(config=str(path), args=()))
+    assert "password" in line and "S3cret" not in line, line

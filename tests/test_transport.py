@@ -18,6 +18,10 @@ ANSWERS = {
     "truncated": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"action\":",
     "closed at once": b"",
     "not http": b"SSH-2.0-OpenSSH_9.2\r\n",
+    # A size that steps back: once, the parser went round for ever.
+    "negative chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-6\r\n",
+    "too many chunks": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       + b"1\r\n \r\n" * 40000 + b"0\r\n\r\n",
 }
 
 
