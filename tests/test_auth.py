@@ -261,3 +261,88 @@ def test_password_file_readable_by_others_warns(auth_members, spawn_auth, key, m
     else:
         assert lines == [], lines
     assert_no_secret(holder)
+
+
+# ---------------------------------------------------------------------------
+# What a real etcd will not do on cue: refuse a new token with "no leader"
+# just when the old one expired.  A fake v3 gateway, for this alone.
+
+class BlippingGateway:
+    """Tokens die after each keepalive; the second authenticate answers 503
+    (no leader) once.  Just enough of the gateway to take and hold a lock."""
+
+    HEADER = {"cluster_id": "4660", "member_id": "1", "revision": "10"}
+
+    def __init__(self):
+        import http.server
+        import socketserver
+        import threading
+        state = {"authenticated": 0, "token": None, "kv": None}
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def answer(self, status, data):
+                body = json.dumps(data).encode()
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                header, path = outer.HEADER, self.path
+                if path == "/v3/auth/authenticate":
+                    state["authenticated"] += 1
+                    if state["authenticated"] == 2:
+                        return self.answer(503, {"code": 14, "message": "etcdserver: no leader"})
+                    state["token"] = "token-%d" % state["authenticated"]
+                    return self.answer(200, {"header": header, "token": state["token"]})
+                if self.headers.get("Authorization") != state["token"]:
+                    return self.answer(401, {"code": 16,
+                                             "message": "etcdserver: invalid auth token"})
+                if path == "/v3/lease/grant":
+                    return self.answer(200, {"header": header, "ID": "7", "TTL": "3"})
+                if path == "/v3/kv/txn" and "request_put" in json.dumps(request):
+                    put = request["success"][0]["request_put"]
+                    state["kv"] = {"key": put["key"], "value": put["value"], "lease": "7",
+                                   "create_revision": "10"}
+                    return self.answer(200, {"header": header, "succeeded": True})
+                if path == "/v3/lease/keepalive":
+                    state["token"] = None  # expired, from now on
+                    return self.answer(200, {"result": {"header": header, "ID": "7",
+                                                        "TTL": "3"}})
+                if path == "/v3/kv/range":
+                    return self.answer(200, {"header": header, "kvs": [state["kv"]]})
+                return self.answer(200, {"header": header, "succeeded": True})
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.state = state
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_no_leader_while_getting_a_new_token_is_retried(spawn_auth):
+    gateway = BlippingGateway()
+    try:
+        holder = spawn_auth(port=gateway.port, api="v3", args=("-v",), username="root",
+                            password=PASSWORD)
+        assert holder.status() == "0", holder.stderr()
+        deadline = time.monotonic() + 2.5  # refreshes of a 3 s lock, each with a new token
+        while time.monotonic() < deadline:
+            assert holder.running(), holder.stderr()
+            time.sleep(0.1)
+        assert gateway.state["authenticated"] >= 3, gateway.state
+        assert "lock lost" not in holder.stderr(), holder.stderr()
+        assert holder.terminate() == 0
+    finally:
+        gateway.close()
