@@ -558,11 +558,16 @@ class Config:
         self._check()
         self.endpoints = self._endpoints()
 
+    @property
+    def file(self):
+        """The config file, for messages that tell the admin where to look."""
+        return self.source or "$CTDB_BASE/etcd"
+
     def where(self, name):
         """'FILE:LINE' of a setting, or where its default applies."""
         if name in self.lines:
             return "%s:%d" % (self.source, self.lines[name])
-        return "%s (default %s)" % (self.source or "$CTDB_BASE/etcd", name)
+        return "%s (default %s)" % (self.file, name)
 
     def _check(self):
         # Relations between settings, each message naming both values.
@@ -924,12 +929,12 @@ def find_lock_name(config, watch):
     if not name:
         raise ConfigError("cannot name the lock: testparm gave no netbios name (it "
                           "failed, took over 3s or said too much); set lock_name in %s "
-                          "(the same on every node)" % (config.source or "$CTDB_BASE/etcd"))
+                          "(the same on every node)" % config.file)
     try:
         return _lock_name(name)
     except ValueError as e:
         raise ConfigError("netbios name from testparm is no usable lock name: %s; "
-                          "set lock_name in %s" % (e, config.source or "$CTDB_BASE/etcd"))
+                          "set lock_name in %s" % (e, config.file))
 
 
 def holder_value(watch):
@@ -1218,14 +1223,14 @@ def _tls_failure(error, endpoint, config):
         return "TLS: the certificate of %s has expired" % endpoint.url
     if "verify" in text or "issuer" in text or "self signed" in text or "self-signed" in text:
         return "TLS: the certificate of %s is not signed by a known CA (%s); check " \
-               "ca_cert in %s" % (endpoint.url, reason, config.source or "$CTDB_BASE/etcd")
+               "ca_cert in %s" % (endpoint.url, reason, config.file)
     if "wrong_version" in text or "wrong version" in text or "http_request" in text \
             or "record layer" in text or "packet length" in text:
         return "%s does not speak TLS; use http:// there" % endpoint.url
     if "certificate" in text or "handshake" in text or "alert" in text:
         return "TLS: %s refused us (%s); it may want a client certificate: check cert " \
                "and key in %s" % (endpoint.url, _cut(str(reason), 80),
-                                  config.source or "$CTDB_BASE/etcd")
+                                  config.file)
     if type(error).__module__ == "ssl" or type(error).__name__.startswith("SSL"):
         return "TLS with %s failed: %s" % (endpoint.url, _cut(str(reason), 120))
     return None
@@ -1670,7 +1675,7 @@ class Transport:
             raise _MemberFailed("cannot talk to etcd at %s: %s; check that etcd runs "
                                 "there, and the members in %s" % (
                                     endpoint.url, e.strerror or e,
-                                    self.config.source or "$CTDB_BASE/etcd"), sent) from None
+                                    self.config.file), sent) from None
         except BaseException:
             # Interrupted (SIGTERM, parent gone) mid-request.
             self._drop()
@@ -1715,7 +1720,7 @@ class Transport:
                 members.append([endpoint, addresses])
             if all(addresses is None for _, addresses in members):
                 raise TransportError("%s; check the members in %s" % (
-                    "; ".join(failures), self.config.source or "$CTDB_BASE/etcd"))
+                    "; ".join(failures), self.config.file))
             for failure in failures:
                 self.log.error("%s; going on without it" % failure)
             self.members = members
@@ -1810,7 +1815,7 @@ class V2Lock:
         if data.get("errorCode") == 110:
             raise AuthError("etcd's v2 API at %s refused us: %s; check username and "
                             "password in %s" % (response.endpoint, data.get("message"),
-                                                self.config.source or "$CTDB_BASE/etcd"))
+                                                self.config.file))
         if "errorCode" in data:
             code = data.get("errorCode")
             raise EtcdError("etcd at %s: %s (v2 error %s, %s)" % (
@@ -2010,7 +2015,7 @@ class V3Lock:
                 error = AuthError("etcd's v3 API at %s refused us: %s; check username and "
                                   "password (and the user's role) in %s" % (
                                       response.endpoint, message,
-                                      self.config.source or "$CTDB_BASE/etcd"))
+                                      self.config.file))
             else:
                 error = EtcdError("etcd at %s: %s (v3 code %s, HTTP %s)" % (
                     response.endpoint, message, code, status), _int(status), code)
@@ -2042,7 +2047,7 @@ class V3Lock:
             raise AuthError("v3 authentication as %s at %s failed: %s; check username "
                             "and password in %s" % (
                                 _shown(self.config.username), response.endpoint, e.detail,
-                                self.config.source or "$CTDB_BASE/etcd")) from None
+                                self.config.file)) from None
 
     def _grant(self, deadline):
         for prefix in self.PREFIXES:
