@@ -116,7 +116,13 @@ class AuthError(EtcdLockError):
 
 
 class LockContended(EtcdLockError):
-    """Someone else holds the lock; the argument names the holder."""
+    """Someone else holds the lock: ``holding`` (a Holding) says who, and
+    for how long; ``lock`` is the lock that found it."""
+
+    def __init__(self, holding, lock=None):
+        super().__init__(holding.holder)
+        self.holding = holding
+        self.lock = lock
 
 
 class LockLost(EtcdLockError):
@@ -275,7 +281,7 @@ def _integer(low, high):
     return parse
 
 
-def _seconds(low):
+def _seconds(low, high=float("inf")):
     def parse(text):
         try:
             value = float(text)
@@ -283,6 +289,8 @@ def _seconds(low):
             raise ValueError("%s is not a number of seconds" % _shown(text)) from None
         if not low <= value < float("inf"):
             raise ValueError("%s must be at least %g seconds" % (_shown(text), low))
+        if value > high:
+            raise ValueError("%s must be at most %g seconds" % (_shown(text), high))
         return value
     return parse
 
@@ -511,6 +519,10 @@ SETTINGS = {
     "lock_ttl": Setting(9, _integer(2, 3600)),
     # Seconds between refreshes (the original's code read lock_refresh).
     "refresh": Setting(2.0, _seconds(0.1)),
+    # The longest a contender waits for a holder whose lock is running out
+    # (it missed its refreshes) before it says '1'; 0: never wait.  ctdbd
+    # gives the check at the end of a recovery 5 s in all.
+    "handover_wait": Setting(3.0, _seconds(0, 4)),
     # The lock is /_locks/<locks_dir>/<lock_name>; the name defaults to
     # Samba's netbios name.
     "locks_dir": Setting("_ctdb", _path_segments("locks_dir", True)),
@@ -1611,6 +1623,16 @@ class Transport:
                 answers.append(Response(status, headers, body, conn.endpoint.url))
         return answers
 
+    def ask(self, index, method, path, deadline, body=None, headers=None):
+        """One member's answer (for --check), or TransportError."""
+        headers = dict(headers or {})
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            return self._ask(index, method, path, headers, body, deadline, False)
+        except _MemberFailed as e:
+            raise TransportError(str(e)) from None
+
     def check_members(self, deadline):
         """Ask every other member which cluster it belongs to.  A member of
         another cluster, listed by mistake, could give a node a lock of its
@@ -1759,6 +1781,7 @@ class Transport:
 #   acquire(deadline)  take the lock or raise LockContended; returns valid_until
 #   refresh(deadline)  extend it or raise LockLost; returns valid_until
 #   release(deadline)  give it back if it is still ours (safe to call always)
+#   holding(deadline)  who holds it now (a Holding), or None; changes nothing
 #
 # valid_until is the monotonic time at which the lock may expire on the server
 # at the earliest: the send time of the request that set the TTL, plus the TTL.
@@ -1766,6 +1789,33 @@ class Transport:
 # others (5xx, transport) may pass, and are retried until the deadline.
 # acquire() leaves cleaning up to release(): contention included, main()
 # gives back whatever was taken before it says '1'.
+
+class Holding:
+    """A lock's holder as etcd shows it.
+
+    ``holder`` is its value (host, pnn, pid); ``left`` the whole seconds
+    until its TTL runs out as etcd counts them (None: it has no TTL);
+    ``granted`` the TTL it was given (None: etcd does not say, as in v2);
+    ``since`` the etcd revision (v3) or index (v2) that created it;
+    ``ident`` changes when another takes the lock; ``seen`` is when we
+    asked (monotonic), so that ``left_at()`` can tell what should be left
+    later if nobody refreshes it; ``expires`` is etcd's wall-clock time of
+    expiry, where it says (v2).
+    """
+
+    def __init__(self, holder, left=None, granted=None, since=None, ident=None, seen=0.0,
+                 expires=None):
+        self.holder = holder
+        self.expires = expires
+        self.left = left
+        self.granted = granted
+        self.since = since
+        self.ident = ident
+        self.seen = seen
+
+    def left_at(self, when):
+        return None if self.left is None else self.left - (when - self.seen)
+
 
 def _quote(path):
     from urllib.parse import quote
@@ -1855,6 +1905,19 @@ class V2Lock:
         entries = self._entries(deadline)
         return entries[0] if entries else None
 
+    @staticmethod
+    def _holding(entry, seen):
+        # etcd leaves out a ttl of 0 (expired, not yet removed).
+        ttl = entry.get("ttl", 0)
+        left = None if not entry.get("expiration") else ttl if isinstance(ttl, int) else 0
+        return Holding(entry.get("value"), left, since=entry.get("createdIndex"),
+                       ident=entry.get("key"), seen=seen, expires=entry.get("expiration"))
+
+    def holding(self, deadline):
+        seen = self.transport.clock()
+        first = self._first_entry(deadline)
+        return self._holding(first, seen) if first else None
+
     def acquire(self, deadline):
         # 1. Queue our entry.  Whose answer is lost may be sent again (to
         #    another member): every entry with our value is ours, and the
@@ -1882,6 +1945,7 @@ class V2Lock:
         # 2. Ours holds if it is first.  Otherwise release() takes it back
         #    before anyone says '1' (the original left its entry behind,
         #    blocking everyone for a TTL).
+        seen = self.transport.clock()
         entries = self._entries(deadline)
         ours = [entry["key"] for entry in entries if entry.get("value") == self.value]
         if ours and ours[0] != self.entry:
@@ -1891,7 +1955,8 @@ class V2Lock:
             if first is not None and not first.get("expiration"):
                 self.log.error("v2 entry %s has no TTL and blocks lock %s for ever; "
                                "delete it" % (first["key"], self.path))
-            raise LockContended(first.get("value") if first else "(nobody: our entry expired)")
+            raise LockContended(self._holding(first, seen) if first else
+                                Holding("(nobody: our entry expired)"), self)
         for key in ours[1:]:  # sent twice: the others stand behind, in everyone's way
             self._delete(key, deadline)
         return sent + self.ttl
@@ -2069,7 +2134,7 @@ class V3Lock:
         # Put our key only if it was never created (create_revision 0);
         # otherwise read the holder, to name it.  (On failure, release()
         # revokes the lease.)
-        _, data = self._call("/kv/txn", {
+        seen, data = self._call("/kv/txn", {
             "compare": [{"target": "CREATE", "key": self.key, "create_revision": "0"}],
             "success": [{"request_put": {"key": self.key, "value": self._b64(self.value),
                                          "lease": self.lease}}],
@@ -2081,13 +2146,37 @@ class V3Lock:
             kvs = _first_range(data)
             holder = self._unb64(kvs[0].get("value", "")) if kvs else None
             if holder != self.value:
-                raise LockContended(holder)
+                raise LockContended(self._holding(kvs[0], seen, deadline) if kvs else
+                                    Holding(holder), self)
             # Our own put, answered on a connection that broke.
             self.revision = kvs[0].get("create_revision")
         if not self.revision:
             raise TransportError("%s answered a put without a revision: %r" % (
                 self.transport.endpoint, data))
         return sent + min(ttl, self.ttl)
+
+    def holding(self, deadline):
+        seen, data = self._call("/kv/range", {"key": self.key}, deadline)
+        kvs = data.get("kvs") or []
+        return self._holding(kvs[0], seen, deadline) if kvs else None
+
+    def _holding(self, kv, seen, deadline):
+        """The holder of key-value kv, and what its lease has left.  Not
+        knowing that is no error: only a contender's wait depends on it,
+        and a '1' must not wait long for it."""
+        left = granted = None
+        lease = kv.get("lease")
+        if _int(lease):
+            try:
+                _, data = self._call("/lease/timetolive", {"ID": lease},
+                                     min(deadline, self.transport.clock() + 1))
+                left = max(_int(data.get("TTL")), 0)  # -1: expired already
+                granted = _int(data.get("grantedTTL")) or None
+            except EtcdLockError as e:
+                self.log.debug("no time to live for lease %s: %s" % (lease, e))
+        return Holding(self._unb64(kv.get("value", "")), left, granted,
+                       since=kv.get("create_revision"),
+                       ident=(kv.get("create_revision"), lease), seen=seen)
 
     def refresh(self, deadline):
         try:
@@ -2223,6 +2312,88 @@ def make_lock(config, transport, value, log):
 
 
 # ---------------------------------------------------------------------------
+# Taking the lock, and the handover from a holder that stopped refreshing.
+#
+# When a leader's node dies, every node runs its helper once per election,
+# ctdbd's elections come 5 s apart, and a '1' ends a node's try.  Most tries
+# land while the dead holder's lock still has a few seconds left; waiting
+# those out, rather than saying '1', saves the cluster a whole round.
+
+HANDOVER_POLL = 0.25  # seconds between looks at an expiring holder
+
+
+def take(lock, config, log, watch):
+    """Acquire the lock: valid_until, or LockContended.
+
+    A live holder refreshes every ``refresh`` seconds, so its lock never has
+    much less than its TTL minus that left.  One with clearly less missed a
+    refresh (it is dead, paused or cut off): if its lock runs out within
+    handover_wait, wait for that and try again.  The acquisition stays a
+    create-if-absent: a holder that refreshes after all keeps the lock.
+    """
+    give_up = None  # the end of the handover wait, from the first contention
+    while True:
+        # Taking the lock may not take longer than the lock would live.
+        deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
+        try:
+            return lock.acquire(deadline)
+        except LockContended as e:
+            now = time.monotonic()
+            give_up = give_up or now + config.handover_wait
+            if not _running_out(e.holding, config, give_up - now):
+                raise
+            contended = e
+        # Ours goes back while we wait: someone else may be first after all.
+        lock.release(min(deadline, time.monotonic() + 1))
+        _wait_for_expiry(contended, config, log, watch, give_up)
+
+
+def _running_out(holding, config, budget):
+    """Whether holding missed a refresh and its lock ends within budget."""
+    if holding.left is None or budget <= 0:
+        return False
+    granted = holding.granted or config.lock_ttl  # v2: as ours, presumably
+    # etcd counts whole seconds (v3 rounds down, v2 up) and removes what
+    # expired within about half a second: "fewer seconds left than we may
+    # wait" is the test that gives the most handovers in time.
+    return holding.left < min(granted - config.refresh - 1, budget)
+
+
+def _wait_for_expiry(contended, config, log, watch, give_up):
+    """Return once the holder is gone (or another took the lock): time to
+    try.  Raise ``contended`` when it refreshes, or at give_up."""
+    holding, lock, started = contended.holding, contended.lock, time.monotonic()
+    log.info("lock %s: holder %s missed its refresh and has %d s left; waiting up to "
+             "%.1f s for it to expire" % (config.lock_key, holding.holder, holding.left,
+                                          give_up - started))
+    while True:
+        watch.sleep(min(HANDOVER_POLL, give_up - time.monotonic()))
+        now = time.monotonic()
+        if now >= give_up:
+            log.info("lock %s: waited %.1f s for %s; still held" % (
+                config.lock_key, now - started, holding.holder))
+            raise contended
+        try:
+            current = lock.holding(give_up)
+        except (TransportError, EtcdError) as e:
+            log.debug("looking at lock %s while waiting: %s" % (config.lock_key, e))
+            continue
+        now = time.monotonic()
+        if current is None or current.ident != holding.ident:
+            log.info("lock %s: waited %.1f s for %s; its lock %s" % (
+                config.lock_key, now - started, holding.holder,
+                "expired" if current is None else "went to %s" % current.holder))
+            return
+        if current.left is None or current.left > max(holding.left_at(current.seen), 0) + 1:
+            # More left than a second of rounding explains (and etcd says 0,
+            # not less, once it ran out): it refreshed.
+            log.info("lock %s: waited %.1f s for %s; it refreshed" % (
+                config.lock_key, now - started, holding.holder))
+            contended.holding = current
+            raise contended
+
+
+# ---------------------------------------------------------------------------
 # The holder: after '0', refresh until told to stop, the parent goes, the
 # lock is lost, or its deadline comes.
 
@@ -2312,14 +2483,299 @@ class Backstop:
 
 
 # ---------------------------------------------------------------------------
+# Admin commands: who holds the lock (--status), would the helper work with
+# this config (--check).  An admin runs these, not ctdbd: they print to
+# stdout, for humans or as one JSON object, and never take, refresh or
+# change the lock.
+
+def describe_holder(value):
+    """What a lock's value says of its holder: ours write host, pnn, pid
+    and a random id; the original helper writes <uuid4 hex>_<pnn>."""
+    if value is None:
+        return {"helper": None}
+    fields = dict(part.split("=", 1) for part in value.split() if "=" in part)
+    if set(fields) >= {"host", "pnn", "pid", "id"}:
+        return dict(fields, helper="ctdb_etcd_lock", value=value)
+    uuid, _, pnn = value.rpartition("_")
+    if len(uuid) == 32 and not uuid.strip("0123456789abcdef") and pnn.isdigit():
+        return {"helper": "original", "pnn": pnn, "value": value}
+    return {"helper": "unknown", "value": value}
+
+
+def _holder_text(holding):
+    about = describe_holder(holding.holder)
+    if about["helper"] == "ctdb_etcd_lock":
+        who = "host %s, pnn %s, pid %s" % (about["host"], about["pnn"], about["pid"])
+    elif about["helper"] == "original":
+        who = "the original helper, pnn %s (%s)" % (about["pnn"], holding.holder)
+    else:
+        who = repr(holding.holder)
+    left = "no TTL" if holding.left is None else "%d s left" % holding.left
+    if holding.granted:
+        left += " of %d" % holding.granted
+    if holding.expires:
+        left += " (expires %s by etcd's clock)" % _printable(str(holding.expires))
+    return who, left
+
+
+def _holding_json(holding, api):
+    if holding is None:
+        return None
+    return {"holder": describe_holder(holding.holder), "ttl_left": holding.left,
+            "ttl_granted": holding.granted, "expires": holding.expires,
+            "revision" if api == "v3" else "index": _int(holding.since) or None}
+
+
+class Admin:
+    """What --status and --check share: the config, the lock's name, one
+    transport, and output for humans or as JSON."""
+
+    TIMEOUT = 5.0  # seconds for everything asked of one member
+
+    def __init__(self, config, log, as_json, out):
+        self.config = config
+        self.log = log
+        self.as_json = as_json
+        self.out = out
+        self.watch = Watch(0)  # an admin's shell: nothing to watch
+        self.transport = Transport(config, log, self.watch)
+
+    def say(self, line):
+        if not self.as_json:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+    def dump(self, data):
+        import json
+        self.out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        self.out.flush()
+
+    def deadline(self):
+        return time.monotonic() + self.TIMEOUT
+
+    def v3_lock(self):
+        """The v3 lock, or None where this etcd has no v3 gateway."""
+        lock = V3Lock(self.transport, self.config, None, self.log)
+        for prefix in lock.PREFIXES:
+            lock.prefix = prefix
+            response = self.transport.request("POST", prefix + "/kv/range", self.deadline(),
+                                              body=b'{"key": "AA=="}')
+            if response.status != 404:
+                return lock
+        return None
+
+    def v2_lock(self):
+        """The v2 lock, or None where v2 is off."""
+        lock = V2Lock(self.transport, self.config, None, self.log)
+        try:
+            lock.holding(self.deadline())
+        except ApiNotServed:
+            return None
+        return lock
+
+
+def status(config, log, as_json, out):
+    """--status: who holds the lock, in every API that applies.  Exit 0
+    held, 1 free, 3 error."""
+    admin = Admin(config, log, as_json, out)
+    report = {"lock": config.lock_key, "apis": {}}
+    admin.say("lock %s" % config.lock_key)
+    apis = ("v3", "v2") if config.api == "auto" else (config.api,)
+    for api in apis:
+        lock = admin.v3_lock() if api == "v3" else admin.v2_lock()
+        if lock is None:
+            if config.api != "auto":
+                raise ApiNotServed("%s does not serve the %s API; check api in %s" % (
+                    admin.transport.endpoint, api, config.file))
+            admin.say("%s  not served by this etcd" % api)
+            report["apis"][api] = {"served": False}
+            continue
+        if api == "v3":
+            holding, queue = lock.holding(admin.deadline()), []
+        else:
+            seen = admin.transport.clock()
+            entries = lock._entries(admin.deadline())
+            holding = lock._holding(entries[0], seen) if entries else None
+            queue = [lock._holding(entry, seen) for entry in entries[1:]]
+        report["apis"][api] = dict(_holding_json(holding, api) or {"holder": None},
+                                   served=True, queue=[_holding_json(h, api) for h in queue])
+        if holding is None:
+            admin.say("%s  free" % api)
+            continue
+        who, left = _holder_text(holding)
+        admin.say("%s  held by %s since %s %s; %s" % (
+            api, who, "revision" if api == "v3" else "index", holding.since, left))
+        for waiting in queue:
+            who, left = _holder_text(waiting)
+            admin.say("%s  queued: %s (index %s; %s)" % (api, who, waiting.since, left))
+    held = any(about.get("holder") is not None for about in report["apis"].values())
+    report["held"] = held
+    report["endpoint"] = admin.transport.endpoint
+    if as_json:
+        admin.dump(report)
+    return 0 if held else 1
+
+
+def check(config, log, as_json, out):
+    """--check: the config, every member, and the settings judged for this
+    etcd; one line each.  Exit 0 only when the helper would work."""
+    admin = Admin(config, log, as_json, out)
+    results = []
+
+    def judge(what, level, text, **extra):
+        results.append(dict(extra, what=what, level=level, text=text))
+        admin.say("%-8s %-7s %s" % (what, level, text))
+
+    judge("config", "ok", "%s: lock %s, api %s, lock_ttl %d s, refresh %g s" % (
+        config.file, config.lock_key, config.api, config.lock_ttl, config.refresh))
+    for warning in config.ignored:
+        judge("config", "warning", warning)
+    if config.named_by == "testparm":
+        judge("lock", "warning", "the lock's name %s comes from testparm's netbios name on "
+              "this node; set lock_name in %s so that every node names the same lock"
+              % (config.lock_name, config.file))
+
+    # Every member on its own.
+    transport = admin.transport
+    try:
+        members = transport._members(admin.deadline())
+    except TransportError as e:
+        judge("members", "error", str(e))
+        members = []
+    answered, clusters, serves = 0, {}, {"v2": False, "v3": False}
+    for index, (endpoint, _) in enumerate(members):
+        about = {"endpoint": endpoint.url}
+        try:
+            version = transport.ask(index, "GET", "/version", admin.deadline()).json()
+            about["version"] = version.get("etcdserver")
+            response = transport.ask(index, "POST", "/v3/maintenance/status",
+                                     admin.deadline(), body=b"{}")
+            about["v3"] = response.status == 200
+            if about["v3"]:
+                header = response.json().get("header", {})
+                about["cluster_id"] = format(_int(header.get("cluster_id")), "x")
+                clusters.setdefault(about["cluster_id"], []).append(endpoint.url)
+            response = transport.ask(index, "GET", config.version_prefix + "/keys/",
+                                     admin.deadline(), headers=V2Lock(
+                                         transport, config, None, log).headers)
+            about["v2"] = response.status != 404 or b"errorCode" in response.body
+        except (TransportError, EtcdError) as e:
+            judge("member", "warning", "%s: %s" % (endpoint.url, e), member=about)
+            continue
+        answered += 1
+        serves["v2"] |= about["v2"]
+        serves["v3"] |= about["v3"]
+        judge("member", "ok", "%s: etcd %s, cluster %s, v3 %s, v2 %s" % (
+            endpoint.url, about.get("version"), about.get("cluster_id", "?"),
+            "served" if about["v3"] else "not served",
+            "served" if about["v2"] else "not served"), member=about)
+    if members and not answered:
+        judge("members", "error", "no member answered; check the members in %s"
+              % config.file)
+    elif members:
+        expected = config.expected_cluster_id
+        if len(clusters) > 1:
+            judge("cluster", "error", "the members belong to %d clusters (%s); list the "
+                  "members of one cluster only" % (len(clusters), "; ".join(
+                      "%s: %s" % (cid, ", ".join(urls)) for cid, urls in clusters.items())))
+        elif expected and clusters and expected not in clusters:
+            judge("cluster", "error", "the members belong to cluster %s, not "
+                  "expected_cluster_id %s" % (next(iter(clusters)), expected))
+        else:
+            judge("cluster", "ok" if answered == len(members) else "warning",
+                  "%d of %d members answered%s" % (
+                      answered, len(members), ", all in cluster %s" % next(iter(clusters))
+                      if clusters else ""))
+
+    # The lock's APIs, with the credentials configured.
+    if answered:
+        original = False
+        if serves["v2"] and config.api != "v3" or config.api == "v3" and serves["v2"]:
+            try:
+                entries = V2Lock(transport, config, None, log)._entries(admin.deadline())
+                original = any(describe_holder(entry.get("value"))["helper"] == "original"
+                               for entry in entries)
+                if config.username and config.api != "v3":
+                    judge("auth", "ok", "v2 accepts user %s" % _shown(config.username))
+            except AuthError as e:
+                judge("auth", "error", str(e))
+            except EtcdLockError as e:
+                judge("api", "error", "v2: %s" % e)
+        if config.api == "v2" and not serves["v2"]:
+            judge("api", "error", "api = v2, but no member serves v2 (etcd 3.6, or "
+                  "--enable-v2 off); set api = auto or v3 in %s" % config.file)
+        elif config.api != "v2" and not serves["v3"]:
+            judge("api", "error", "api = %s, but no member serves the v3 gateway; set "
+                  "api = v2 in %s" % (config.api, config.file))
+        elif config.api == "v3" and original:
+            judge("api", "error", "api = v3, but the original helper's entries stand in "
+                  "the v2 queue: it would not see a v3 lock, so two nodes could hold; "
+                  "use api = auto until every node runs this helper")
+        else:
+            judge("api", "ok", "%s: %s" % (config.api, " and ".join(
+                api for api in ("v3", "v2") if serves[api] and config.api in (api, "auto"))))
+        if serves["v3"] and config.api != "v2":
+            _check_timing(config, transport, admin, judge)
+    else:
+        judge("timing", "warning" if config.refresh <= config.lock_ttl / 3 else "error",
+              "lock_ttl %d s, refresh %g s (etcd not asked)" % (config.lock_ttl,
+                                                                config.refresh))
+    problems = [r for r in results if r["level"] == "error"]
+    judge("result", "error" if problems else "ok",
+          "%d problem(s): the helper would not work" % len(problems) if problems else
+          "the helper would work with this config")
+    if as_json:
+        admin.dump({"ok": not problems, "config": config.file, "lock": config.lock_key,
+                    "checks": results})
+    return 3 if problems else 0
+
+
+def _check_timing(config, transport, admin, judge):
+    """lock_ttl and refresh, against each other and against etcd's
+    shortest lease (one and a half election timeouts, rounded up)."""
+    try:
+        lock = admin.v3_lock()
+        if lock is None:
+            return
+        _, data = lock._call("/lease/grant", {"TTL": 1}, admin.deadline())
+        shortest = _int(data.get("TTL"))
+        lock.lease = data.get("ID")
+        lock._revoke(admin.deadline())
+        if config.username:
+            judge("auth", "ok", "v3 accepts user %s" % _shown(config.username))
+    except AuthError as e:
+        judge("auth", "error", str(e))
+        return
+    except EtcdLockError as e:
+        judge("timing", "warning", "could not ask etcd for its shortest lease: %s" % e)
+        return
+    margin = config.lock_ttl * (1 - FENCE_SHARE) - config.refresh
+    text = "lock_ttl %d s, refresh %g s; etcd's shortest lease %d s (election timeout " \
+           "about %.1f s)" % (config.lock_ttl, config.refresh, shortest, shortest / 1.5)
+    if margin <= 0:
+        judge("timing", "error", text + ": the holder would give the lock up before its "
+              "first refresh; make refresh much shorter than lock_ttl")
+    elif shortest > config.lock_ttl:
+        judge("timing", "warning", text + ": etcd stretches every lease to %d s, so a "
+              "dead holder's lock lives longer than lock_ttl" % shortest)
+    elif margin < shortest or config.refresh > config.lock_ttl / 3:
+        judge("timing", "warning", text + ": a leader election in etcd, or two late "
+              "refreshes, would cost the lock; keep refresh at a third of lock_ttl or less")
+    else:
+        judge("timing", "ok", text)
+
+
+# ---------------------------------------------------------------------------
 # Command line.
 
 def parse_args(argv):
-    """(verbosity, config file or None) from ``-v``/``-vv``/``-vvv`` (or
-    ``--verbose``, repeated) and ``-c FILE`` (``--config FILE``).  No
-    --help: usage on stdout would read as a status to ctdbd.  (Not argparse:
-    it costs more start-up time than the rest of the helper's imports.)"""
-    verbose, config, args = 0, None, list(argv)
+    """(verbosity, config file or None, mode, as JSON) from ``-v``/``-vv``/
+    ``-vvv`` (or ``--verbose``, repeated), ``-c FILE`` (``--config FILE``)
+    and, for an admin, ``--status`` or ``--check``, with ``--json`` or
+    ``--help``.  Mode None is the helper ctdbd runs: there --help is an
+    error, as usage on stdout would read as a status.  (Not argparse: it
+    costs more start-up time than the rest of the helper's imports.)"""
+    verbose, config, mode, as_json, wants_help, args = 0, None, None, False, False, list(argv)
     while args:
         arg = args.pop(0)
         if arg in ("-c", "--config"):
@@ -2334,13 +2790,45 @@ def parse_args(argv):
             verbose += 1
         elif len(arg) > 1 and arg[0] == "-" and arg[1:].strip("v") == "":
             verbose += len(arg) - 1
+        elif arg in ("--status", "--check"):
+            if mode not in (None, arg[2:]):
+                raise _usage("--status and --check go one at a time")
+            mode = arg[2:]
+        elif arg == "--json":
+            as_json = True
+        elif arg in ("-h", "--help"):
+            wants_help = True
         else:
             raise _usage("unknown argument %s" % _shown(arg))
-    return verbose, config
+    if mode is None and (as_json or wants_help):
+        raise _usage("%s goes with --status or --check only (ctdbd reads a status byte "
+                     "on stdout)" % ("--json" if as_json else "--help"))
+    return verbose, config, "help" if wants_help else mode, as_json
+
+
+USAGE = """usage: %(prog)s [-v...] [-c FILE]
+       %(prog)s --status [-c FILE] [--json] [-v...]
+       %(prog)s --check [-c FILE] [--json] [-v...]
+
+Without --status or --check: the CTDB cluster lock helper, run by ctdbd
+from ctdb.conf (cluster lock = !%(path)s); it writes one status byte
+to stdout: 0 taken (held until SIGTERM), 1 contention, 3 error.
+
+  --status   who holds the cluster lock now, in every API that applies;
+             exit 0 held, 1 free, 3 error.  Changes nothing.
+  --check    check the config file and every etcd member, and judge the
+             settings for that etcd; exit 0 only if the helper would work.
+  --json     one JSON object on stdout instead of lines for humans.
+  -c FILE    the config file (default: $CTDB_BASE/etcd, else /etc/ctdb/etcd).
+  -v         more detail on stderr (-vv requests, -vvv their bodies).
+
+See ctdb-etcd(7).
+"""
 
 
 def _usage(problem):
-    return ConfigError("bad command line: %s; usage: %s [-v...] [-c FILE]" % (problem, PROG))
+    return ConfigError("bad command line: %s; usage: %s [-v...] [-c FILE] "
+                       "(or --status/--check, see --status --help)" % (problem, PROG))
 
 
 class StatusPipe:
@@ -2388,6 +2876,9 @@ def _open_std_fds():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if any(arg in ("--status", "--check") for arg in argv):
+        return admin_main(argv)
     # Our parent first, then the signals: either may come at any instant.
     ppid = os.getppid()
     Signals.catch()
@@ -2402,7 +2893,7 @@ def main(argv=None):
     status = StatusPipe()
     watch = Watch(ppid, stdout=status.fd if status.is_pipe else None)
     try:
-        return run(sys.argv[1:] if argv is None else argv, log, status, watch)
+        return run(argv, log, status, watch)
     except (Terminated, ParentGone):
         return 0
     except Exception as e:  # a bug of ours: still one line, never a traceback
@@ -2420,9 +2911,8 @@ def run(argv, log, status, watch):
     try:
         if watch.orphan:
             raise ParentGone("parent gone before we started")
-        log.verbose, named = parse_args(argv)
-        path = named or os.path.join(os.environ.get("CTDB_BASE", "/etc/ctdb"), "etcd")
-        config = read_config(path, required=named is not None)
+        log.verbose, named, _, _ = parse_args(argv)
+        config = read_config(_config_path(named), required=named is not None)
         for warning in config.ignored:
             log.error(warning)
         if not status.is_pipe:
@@ -2433,10 +2923,8 @@ def run(argv, log, status, watch):
         watch.check()
 
         lock = make_lock(config, Transport(config, log, watch), value, log)
-        # Taking the lock may not take longer than the lock would live.
-        deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
-        valid_until = lock.acquire(deadline)
-        lock.transport.check_members(min(time.monotonic() + 0.5, deadline))
+        valid_until = take(lock, config, log, watch)
+        lock.transport.check_members(min(time.monotonic() + 0.5, valid_until))
         if time.monotonic() >= valid_until - config.lock_ttl * FENCE_SHARE:
             raise TransportError("etcd answered too late to trust the lock")
         holder = Holder(lock, config, log, watch, valid_until)
@@ -2451,7 +2939,9 @@ def run(argv, log, status, watch):
         return 3
     except LockContended as e:
         watch.leave()  # ctdbd sends SIGTERM the moment it reads '1'
-        log.info("lock %s is held by %s" % (config.lock_key, e))
+        left = e.holding.left
+        log.info("lock %s is held by %s%s" % (
+            config.lock_key, e, "" if left is None else " (%d s left)" % left))
         # Whatever we took on the way goes back before we say so; should
         # that fail, it expires by its TTL, and it is still contention.
         _release(lock, 1, log, quiet=True)
@@ -2501,6 +2991,38 @@ def run(argv, log, status, watch):
         finally:
             _release(lock, 1, log, quiet=True, until=holder.valid_until if held else None)
         return 3
+
+
+def admin_main(argv):
+    """--status and --check: an admin at a shell asks, not ctdbd."""
+    Signals.catch()
+    Signals.wake_waits()
+    log, as_json = Log(), "--json" in argv
+    try:
+        log.verbose, named, mode, as_json = parse_args(argv)
+        if mode == "help":
+            sys.stdout.write(USAGE % {"prog": PROG, "path": "/usr/libexec/ctdb/" + PROG})
+            return 0
+        config = read_config(_config_path(named), required=named is not None)
+        config.named_by = "lock_name" if config.lock_name else "testparm"
+        config.lock_name = find_lock_name(config, Watch(0))
+        return (status if mode == "status" else check)(config, log, as_json, sys.stdout)
+    except Terminated:
+        return 3
+    except EtcdLockError as e:
+        what = "config error" if isinstance(e, ConfigError) else "cannot ask etcd"
+        log.error("%s - %s" % (what, e))
+        if as_json:
+            import json
+            sys.stdout.write(json.dumps({"error": "%s - %s" % (what, e)}) + "\n")
+        return 3
+    except Exception as e:  # a bug of ours: one line, never a traceback
+        log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
+        return 3
+
+
+def _config_path(named):
+    return named or os.path.join(os.environ.get("CTDB_BASE", "/etc/ctdb"), "etcd")
 
 
 def _release(lock, seconds, log, quiet=False, until=None):

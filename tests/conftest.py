@@ -48,6 +48,28 @@ def etcd34(etcd_members):
     return etcd_members("etcd34")
 
 
+# Every API on every flavour that serves it (test_v2 checks api = v2 on an
+# etcd without v2): a test that takes ``case`` (or ``api``) runs for each.
+CASES = [("etcd34", "v2"), ("etcd34", "v3"), ("etcd34", "auto"),
+         ("etcd35", "v3"), ("etcd35", "auto")]
+
+
+@pytest.fixture(params=CASES, ids=["-".join(case) for case in CASES])
+def case(request):
+    return request.param
+
+
+@pytest.fixture
+def api(case):
+    return case[1]
+
+
+@pytest.fixture
+def case_etcd(case, etcd_members):
+    """The shared member of the case's flavour."""
+    return etcd_members(case[0])
+
+
 @pytest.fixture(params=sorted(FLAVOURS))
 def own_etcd(request, tmp_path):
     """A member of each flavour for this test alone (to pause or stop it)."""

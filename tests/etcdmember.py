@@ -128,6 +128,17 @@ class Client:
     def value(self, api, key):
         return self.v2_value(key) if api == "v2" else self.v3_value(key)
 
+    def left(self, api, key):
+        """Whole seconds until the holder's TTL runs out, as etcd counts them
+        (v2: the first entry's; v3: the key's lease); None if nobody holds."""
+        if api == "v2":
+            entries = self.v2_entries(key)
+            return entries[0]["ttl"] if entries else None
+        kv = self.v3_kv(key)
+        if kv is None:
+            return None
+        return int(self.v3("/lease/timetolive", {"ID": kv["lease"]})["TTL"])
+
 
 # ---------------------------------------------------------------------------
 # etcd members

@@ -11,25 +11,9 @@ import ctdb_etcd_lock
 from conftest import HELPER, SYSTEM_PYTHON, alive, delete_held, held_apis, replace_held
 from etcdmember import free_port, wait_for
 
-# Every API on every flavour that serves it (test_v2 checks api = v2 on an
-# etcd without v2).
-CASES = [("etcd34", "v2"), ("etcd34", "v3"), ("etcd34", "auto"),
-         ("etcd35", "v3"), ("etcd35", "auto")]
-
-
-@pytest.fixture(params=CASES, ids=["-".join(case) for case in CASES])
-def case(request):
-    return request.param
-
-
 @pytest.fixture
-def etcd(case, etcd_members):
-    return etcd_members(case[0])
-
-
-@pytest.fixture
-def api(case):
-    return case[1]
+def etcd(case_etcd):
+    return case_etcd
 
 
 def test_take_and_contend(etcd, api, spawn, key):
