@@ -2665,10 +2665,11 @@ def check(config, log, as_json, out):
         answered += 1
         serves["v2"] |= about["v2"]
         serves["v3"] |= about["v3"]
-        judge("member", "ok", "%s: etcd %s, cluster %s, v3 %s, v2 %s" % (
+        judge("member", "ok", "%s: etcd %s, cluster %s, v3 %s, v2 %s%s" % (
             endpoint.url, about.get("version"), about.get("cluster_id", "?"),
             "served" if about["v3"] else "not served",
-            "served" if about["v2"] else "not served"), member=about)
+            "served" if about["v2"] else "not served",
+            ", TLS verified" if endpoint.scheme == "https" else ""), member=about)
     if members and not answered:
         judge("members", "error", "no member answered; check the members in %s"
               % config.file)

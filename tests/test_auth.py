@@ -346,3 +346,23 @@ def test_no_leader_while_getting_a_new_token_is_retried(spawn_auth):
         assert holder.terminate() == 0
     finally:
         gateway.close()
+
+
+# ---------------------------------------------------------------------------
+# --check with credentials
+
+@pytest.mark.parametrize("name", ["auth34", "authtls35"])
+def test_check_judges_the_credentials(auth_members, spawn_auth, name):
+    member = auth_members(name)
+    good = spawn_auth(member, args=("--check", "-vvv"), username=USER, password=PASSWORD)
+    assert good.wait() == 0, good.proc.stdout.read()
+    out = good.proc.stdout.read().decode()
+    assert "auth     ok" in out and "v3 served" in out, out
+    assert ("TLS verified" in out) == bool(member.tls)
+    bad = spawn_auth(member, args=("--check", "-vvv"), username=USER, password=WRONG)
+    assert bad.wait() == 3
+    said = bad.proc.stdout.read().decode()
+    assert "auth     error" in said, said
+    for helper, text in ((good, out), (bad, said)):
+        assert_no_secret(helper)
+        assert not any(secret in text for secret in SECRETS)

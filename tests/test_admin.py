@@ -1,0 +1,174 @@
+"""--status and --check, the commands an admin runs: on real etcd of both
+flavours, with the lock held by this helper, by the original, and by nobody.
+Their output goes to stdout (lines for humans, or one JSON object)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import HELPER, helper_env, write_config
+from etcdmember import free_port
+
+
+@pytest.fixture
+def etcd(case_etcd):
+    return case_etcd
+
+
+@pytest.fixture
+def admin(tmp_path, stubs, lock_name):
+    """admin(mode, etcd, **settings) -> (exit code, stdout, stderr)."""
+    def run(*args, etcd=None, config=None, env=None, **settings):
+        if config is None:
+            values = {"lock_name": lock_name, "lock_ttl": 6, "refresh": 1}
+            if etcd is not None:
+                values["port"] = etcd.port
+            values.update(settings)
+            config = write_config(str(tmp_path / "admin-etcd"),
+                                  {k: v for k, v in values.items() if v is not None})
+        done = subprocess.run([sys.executable, HELPER] + list(args) + ["-c", config],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60,
+                              env=helper_env(stubs, tmp_path, **(env or {})))
+        return done.returncode, done.stdout.decode(), done.stderr.decode()
+    return run
+
+
+def lines(text, what):
+    return [line for line in text.splitlines() if line.split()[:1] == [what]]
+
+
+def revision(etcd):
+    return etcd.v3("/kv/range", {"key": "AA=="})["header"]["revision"]
+
+
+# --status
+
+def test_status_free(etcd, api, admin):
+    code, out, err = admin("--status", etcd=etcd, api=api)
+    assert code == 1, err
+    assert err == ""
+    served = ["v3", "v2"] if api == "auto" else [api]
+    for where in served:
+        if where == "v2" and not etcd.serves_v2:
+            assert lines(out, "v2") == ["v2  not served by this etcd"]
+        else:
+            assert lines(out, where) == ["%s  free" % where]
+    code, out, _ = admin("--status", "--json", etcd=etcd, api=api)
+    report = json.loads(out)
+    assert code == 1 and report["held"] is False
+    assert report["lock"].endswith("/_ctdb/" + report["lock"].rsplit("/", 1)[1])
+
+
+def test_status_held_by_us_changes_nothing(etcd, api, admin, spawn):
+    holder = spawn(etcd, api=api, lock_ttl=6, refresh=1)
+    assert holder.status() == "0"
+    before = revision(etcd)
+    code, out, err = admin("--status", etcd=etcd, api=api)
+    assert code == 0, err
+    where = "v2" if api == "v2" else "v3"
+    held = lines(out, where)[0]
+    assert "held by host" in held and "pid %d" % holder.proc.pid in held, out
+    assert " s left" in held
+    code, out, _ = admin("--status", "--json", etcd=etcd, api=api)
+    report = json.loads(out)
+    assert code == 0 and report["held"] is True
+    about = report["apis"][where]
+    assert about["holder"]["helper"] == "ctdb_etcd_lock"
+    assert about["holder"]["pid"] == str(holder.proc.pid)
+    assert 0 <= about["ttl_left"] <= 6
+    assert revision(etcd) == before  # --status wrote nothing
+    assert holder.running()
+
+
+def test_status_held_by_the_original_with_a_queue(etcd34, admin, spawn_original):
+    original = spawn_original(etcd34, lock_ttl=6, lock_refresh=1)
+    assert original.status() == "0"
+    contender = spawn_original(etcd34, lock_ttl=6, lock_refresh=1)
+    assert contender.status() == "1"  # and it leaves its entry queued
+    code, out, err = admin("--status", etcd=etcd34, api="auto")
+    assert code == 0, err
+    assert lines(out, "v3") == ["v3  free"]  # the original knows no v3
+    held, queued = lines(out, "v2")
+    assert "held by the original helper, pnn 7" in held
+    assert "queued: the original helper, pnn 7" in queued
+    report = json.loads(admin("--status", "--json", etcd=etcd34, api="v2")[1])
+    assert report["apis"]["v2"]["holder"]["helper"] == "original"
+    assert len(report["apis"]["v2"]["queue"]) == 1
+
+
+def test_status_errors(admin, etcd34):
+    code, out, err = admin("--status", port=free_port())
+    assert code == 3 and out.startswith("lock ") and len(out.splitlines()) == 1
+    assert len(err.splitlines()) == 1 and "cannot ask etcd" in err
+    code, out, err = admin("--status", "--json", port=free_port())
+    assert code == 3 and "error" in json.loads(out)
+    code, out, err = admin("--status", etcd=etcd34, lock_ttl="nine")
+    assert code == 3 and "config error" in err and "lock_ttl" in err
+
+
+# --check
+
+def test_check_good_config(etcd, api, admin):
+    code, out, err = admin("--check", etcd=etcd, api=api)
+    assert code == 0, out + err
+    assert err == ""
+    member, = lines(out, "member")
+    assert member.split()[1] == "ok" and "etcd 3." in member
+    assert "v3 served" in member
+    assert ("v2 served" if etcd.serves_v2 else "v2 not served") in member
+    assert lines(out, "result")[0].split()[1] == "ok"
+    report = json.loads(admin("--check", "--json", etcd=etcd, api=api)[1])
+    assert report["ok"] is True
+    assert {check["what"] for check in report["checks"]} >= {"config", "member", "api",
+                                                               "result"}
+
+
+def test_check_v2_on_an_etcd_without_v2(etcd_members, admin):
+    code, out, _ = admin("--check", etcd=etcd_members("etcd35"), api="v2")
+    assert code == 3
+    assert "no member serves v2" in lines(out, "api")[0]
+
+
+def test_check_v3_while_the_original_runs(etcd34, admin, spawn_original):
+    assert spawn_original(etcd34, lock_ttl=6, lock_refresh=1).status() == "0"
+    code, out, _ = admin("--check", etcd=etcd34, api="v3")
+    assert code == 3
+    assert "original helper's entries" in lines(out, "api")[0]
+    assert admin("--check", etcd=etcd34, api="auto")[0] == 0
+
+
+def test_check_members_down(etcd34, admin):
+    code, out, _ = admin("--check", host="127.0.0.1:%d, 127.0.0.1:%d" % (
+        etcd34.port, free_port()))
+    assert code == 0, out  # the helper fails over: a warning, not a problem
+    assert [line.split()[1] for line in lines(out, "member")] == ["ok", "warning"]
+    assert "1 of 2 members answered" in lines(out, "cluster")[0]
+    code, out, _ = admin("--check", port=free_port())
+    assert code == 3 and "no member answered" in lines(out, "members")[0]
+
+
+def test_check_timing_and_lock_name(etcd34, admin):
+    code, out, err = admin("--check", etcd=etcd34, lock_ttl=9, refresh=8.5)
+    assert code == 3 and out == "" and "config error" in err and "refresh" in err
+    code, out, _ = admin("--check", etcd=etcd34, lock_ttl=9, refresh=4)
+    assert code == 0 and lines(out, "timing")[0].split()[1] == "warning"
+    code, out, _ = admin("--check", etcd=etcd34, lock_name=None,
+                         env={"STUB_NETBIOS_NAME": "CLUSTER1"})
+    assert code == 0
+    assert "CLUSTER1 comes from testparm" in lines(out, "lock")[0]
+
+
+# The command line
+
+def test_help_and_json_only_with_a_mode(admin, etcd34):
+    code, out, _ = admin("--status", "--help", etcd=etcd34)
+    assert code == 0 and "--check" in out and "usage:" in out
+    for flag in ("--help", "--json"):
+        code, out, err = admin(flag, etcd=etcd34)
+        assert code == 3 and out == "3"  # a helper run by ctdbd: a status byte
+        assert "goes with --status or --check only" in err
+    code, _, err = admin("--status", "--check", etcd=etcd34)
+    assert code == 3 and "one at a time" in err
