@@ -59,12 +59,20 @@ fails over to the next on a connection error, a timeout or a 5xx answer,
 each try with a fair share of the same deadline; every request is safe to
 send twice.  TLS and authentication live inside the same transport.
 
+Handover.  A contender that finds the holder's lock running out (it missed
+its refreshes: dead, paused or cut off) waits up to handover_wait for it to
+expire and takes it, rather than saying '1' and costing CTDB an election.
+
+Admin commands.  --status says who holds the lock, --check whether the
+helper would work with its config; they print to stdout, and change nothing.
+
 Settings (file $CTDB_BASE/etcd, ``key = value``; defaults in brackets):
     host [127.0.0.1] (a list, or python-etcd's tuple)  port [2379]
     protocol [http]  endpoints (URLs)  srv_domain  ca_cert  cert  key
     username  password  version_prefix [/v2]  read_timeout [60]
     lock_ttl [9]  refresh [2] (alias: lock_refresh)  locks_dir [_ctdb]
     lock_name [Samba's netbios name]  api [auto]  expected_cluster_id
+    handover_wait [3]
 """
 
 import os
