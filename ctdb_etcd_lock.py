@@ -2352,7 +2352,10 @@ def take(lock, config, log, watch):
                 raise
             contended = e
         # Ours goes back while we wait: someone else may be first after all.
-        lock.release(min(deadline, time.monotonic() + 1))
+        try:
+            lock.release(min(deadline, time.monotonic() + 1))
+        except EtcdLockError:
+            raise contended from None  # '1' as ever; run() tries once more
         _wait_for_expiry(contended, config, log, watch, give_up)
 
 
@@ -2383,7 +2386,7 @@ def _wait_for_expiry(contended, config, log, watch, give_up):
             raise contended
         try:
             current = lock.holding(give_up)
-        except (TransportError, EtcdError) as e:
+        except EtcdLockError as e:  # it may pass; if not, '1' at give_up as ever
             log.debug("looking at lock %s while waiting: %s" % (config.lock_key, e))
             continue
         now = time.monotonic()
