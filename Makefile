@@ -5,25 +5,27 @@
 #
 # What goes where (with the defaults):
 #   /usr/libexec/ctdb/ctdb_etcd_lock        what ctdb.conf names: a small wrapper
-#   /usr/libexec/ctdb/ctdb_etcd_lock.py     the helper itself, imported by the wrapper
+#   /usr/libexec/ctdb/ctdb_etcd_lock.py     the helper itself, which the wrapper runs
 #   /usr/libexec/ctdb/__pycache__/ctdb_etcd_lock.cpython-*.pyc   its byte code
 #   /usr/share/man/man7/ctdb-etcd.7         the man page
 #   /usr/share/doc/ctdb-etcd-lock/ctdb-etcd.conf.example
 #
 # Why a wrapper: ctdbd starts the helper at every election and at the end of
 # every recovery.  Python compiles a script at every start, but keeps the
-# byte code of a module it imports; so the helper is a module, compiled
-# here, and the script ctdbd runs is three lines.  A distribution builds the
-# byte code its own way (Debian: dh_python3 and py3compile) and sets
-# COMPILE=no to leave it out of the package.
+# byte code of a module; so the helper is a module, compiled here, and the
+# script ctdbd runs has three lines of code.  A distribution builds the byte
+# code its own way (Debian: dh_python3 and py3compile) and sets COMPILE=no
+# to leave it out of the package.
 
 PREFIX ?= /usr
 LIBEXECDIR ?= $(PREFIX)/libexec
 MANDIR ?= $(PREFIX)/share/man
 DOCDIR ?= $(PREFIX)/share/doc/ctdb-etcd-lock
-# The interpreter the helper runs under, and so the one that compiles it:
-# byte code is only used by the Python version that wrote it.
-PYTHON ?= /usr/bin/python3
+# The interpreter the helper runs under (the wrapper's first line, so an
+# absolute path), and so the one that compiles it: byte code is only used by
+# the Python version that wrote it.  Not taken from the environment, where
+# PYTHON may name some other Python; give it on make's command line.
+PYTHON = /usr/bin/python3
 COMPILE ?= yes
 
 HELPERDIR = $(LIBEXECDIR)/ctdb

@@ -28,19 +28,24 @@ LAYOUTS = {
                "usr/local/share/doc/ctdb-etcd-lock"),
     "each dir": ({"PREFIX": "/opt/ctdb", "LIBEXECDIR": "/usr/lib", "MANDIR": "/opt/man",
                   "DOCDIR": "/opt/doc/etcd"}, "usr/lib", "opt/man", "opt/doc/etcd"),
+    # A distribution's package, whose byte code its own tools make.
+    "COMPILE=no": ({"COMPILE": "no"}, "usr/libexec", "usr/share/man",
+                   "usr/share/doc/ctdb-etcd-lock"),
 }
 
 
-def expected_files(libexecdir, mandir, docdir):
+def expected_files(libexecdir, mandir, docdir, compiled=True):
     """path under DESTDIR -> mode: the package, and nothing else."""
     helper_dir = libexecdir + "/ctdb/"
-    return {
+    files = {
         helper_dir + "ctdb_etcd_lock": 0o755,
         helper_dir + "ctdb_etcd_lock.py": 0o644,
-        helper_dir + "__pycache__/ctdb_etcd_lock.%s.pyc" % CACHE_TAG: 0o644,
         mandir + "/man7/ctdb-etcd.7": 0o644,
         docdir + "/ctdb-etcd.conf.example": 0o644,
     }
+    if compiled:
+        files[helper_dir + "__pycache__/ctdb_etcd_lock.%s.pyc" % CACHE_TAG] = 0o644
+    return files
 
 
 def files_under(top):
@@ -119,7 +124,8 @@ def test_installs_exactly_the_package_and_uninstalls_it(layout, tmp_path):
     settings, libexecdir, mandir, docdir = LAYOUTS[layout]
     top = tmp_path / "destdir"
     make("install", *variables(top, settings))
-    assert files_under(top) == expected_files(libexecdir, mandir, docdir)
+    assert files_under(top) == expected_files(libexecdir, mandir, docdir,
+                                              compiled=settings.get("COMPILE") != "no")
 
     helper_dir = top / libexecdir / "ctdb"
     for name, source in (("ctdb_etcd_lock.py", HELPER),
