@@ -3,12 +3,13 @@ flavours, with the lock held by this helper, by the original, and by nobody.
 Their output goes to stdout (lines for humans, or one JSON object)."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import HELPER, helper_env, write_config
+from conftest import HELPER, ROOT, helper_env, write_config
 from etcdmember import free_port
 
 
@@ -172,3 +173,15 @@ def test_help_and_json_only_with_a_mode(admin, etcd34):
         assert "goes with --status or --check only" in err
     code, _, err = admin("--status", "--check", etcd=etcd34)
     assert code == 3 and "one at a time" in err
+
+
+def test_the_readme_demo_runs():
+    """scripts/demo, the README's one command, against Debian's etcd."""
+    done = subprocess.run([os.path.join(ROOT, "scripts", "demo")], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+    out = done.stdout.decode()
+    assert done.returncode == 0, out
+    assert [line for line in out.splitlines() if line.startswith("status:")] == [
+        "status: 0", "status: 1", "status: 0"], out
+    assert "result   ok" in out and "v3  held by host" in out, out
+    assert "Traceback" not in out
