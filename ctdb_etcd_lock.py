@@ -252,8 +252,7 @@ def _writable_now(fd):
 
 def _printable(text):
     """One line, whatever a file or etcd put in it."""
-    return "".join(char if char >= " " and char != "\x7f" else repr(char)[1:-1]
-                   for char in text)
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _cut(text, limit=60):
@@ -1805,24 +1804,20 @@ class Holding:
     until its TTL runs out as etcd counts them (None: it has no TTL);
     ``granted`` the TTL it was given (None: etcd does not say, as in v2);
     ``since`` the etcd revision (v3) or index (v2) that created it;
-    ``ident`` changes when another takes the lock; ``seen`` is when we
-    asked (monotonic), so that ``left_at()`` can tell what should be left
-    later if nobody refreshes it; ``expires`` is etcd's wall-clock time of
-    expiry, where it says (v2).
+    ``ident`` changes when another takes the lock; ``rounding`` is how
+    much more than ``left`` may really be left (v3 rounds down, v2 up);
+    ``expires`` is etcd's wall-clock time of expiry, where it says (v2).
     """
 
-    def __init__(self, holder, left=None, granted=None, since=None, ident=None, seen=0.0,
+    def __init__(self, holder, left=None, granted=None, since=None, ident=None, rounding=0,
                  expires=None):
         self.holder = holder
-        self.expires = expires
         self.left = left
         self.granted = granted
         self.since = since
         self.ident = ident
-        self.seen = seen
-
-    def left_at(self, when):
-        return None if self.left is None else self.left - (when - self.seen)
+        self.rounding = rounding
+        self.expires = expires
 
 
 def _quote(path):
@@ -1914,17 +1909,16 @@ class V2Lock:
         return entries[0] if entries else None
 
     @staticmethod
-    def _holding(entry, seen):
+    def _holding(entry):
         # etcd leaves out a ttl of 0 (expired, not yet removed).
         ttl = entry.get("ttl", 0)
         left = None if not entry.get("expiration") else ttl if isinstance(ttl, int) else 0
         return Holding(entry.get("value"), left, since=entry.get("createdIndex"),
-                       ident=entry.get("key"), seen=seen, expires=entry.get("expiration"))
+                       ident=entry.get("key"), expires=entry.get("expiration"))
 
     def holding(self, deadline):
-        seen = self.transport.clock()
         first = self._first_entry(deadline)
-        return self._holding(first, seen) if first else None
+        return self._holding(first) if first else None
 
     def acquire(self, deadline):
         # 1. Queue our entry.  Whose answer is lost may be sent again (to
@@ -1953,7 +1947,6 @@ class V2Lock:
         # 2. Ours holds if it is first.  Otherwise release() takes it back
         #    before anyone says '1' (the original left its entry behind,
         #    blocking everyone for a TTL).
-        seen = self.transport.clock()
         entries = self._entries(deadline)
         ours = [entry["key"] for entry in entries if entry.get("value") == self.value]
         if ours and ours[0] != self.entry:
@@ -1963,7 +1956,7 @@ class V2Lock:
             if first is not None and not first.get("expiration"):
                 self.log.error("v2 entry %s has no TTL and blocks lock %s for ever; "
                                "delete it" % (first["key"], self.path))
-            raise LockContended(self._holding(first, seen) if first else
+            raise LockContended(self._holding(first) if first else
                                 Holding("(nobody: our entry expired)"), self)
         for key in ours[1:]:  # sent twice: the others stand behind, in everyone's way
             self._delete(key, deadline)
@@ -2142,7 +2135,7 @@ class V3Lock:
         # Put our key only if it was never created (create_revision 0);
         # otherwise read the holder, to name it.  (On failure, release()
         # revokes the lease.)
-        seen, data = self._call("/kv/txn", {
+        _, data = self._call("/kv/txn", {
             "compare": [{"target": "CREATE", "key": self.key, "create_revision": "0"}],
             "success": [{"request_put": {"key": self.key, "value": self._b64(self.value),
                                          "lease": self.lease}}],
@@ -2154,7 +2147,7 @@ class V3Lock:
             kvs = _first_range(data)
             holder = self._unb64(kvs[0].get("value", "")) if kvs else None
             if holder != self.value:
-                raise LockContended(self._holding(kvs[0], seen, deadline) if kvs else
+                raise LockContended(self._holding(kvs[0], deadline) if kvs else
                                     Holding(holder), self)
             # Our own put, answered on a connection that broke.
             self.revision = kvs[0].get("create_revision")
@@ -2164,11 +2157,11 @@ class V3Lock:
         return sent + min(ttl, self.ttl)
 
     def holding(self, deadline):
-        seen, data = self._call("/kv/range", {"key": self.key}, deadline)
+        _, data = self._call("/kv/range", {"key": self.key}, deadline)
         kvs = data.get("kvs") or []
-        return self._holding(kvs[0], seen, deadline) if kvs else None
+        return self._holding(kvs[0], deadline) if kvs else None
 
-    def _holding(self, kv, seen, deadline):
+    def _holding(self, kv, deadline):
         """The holder of key-value kv, and what its lease has left.  Not
         knowing that is no error: only a contender's wait depends on it,
         and a '1' must not wait long for it."""
@@ -2184,7 +2177,7 @@ class V3Lock:
                 self.log.debug("no time to live for lease %s: %s" % (lease, e))
         return Holding(self._unb64(kv.get("value", "")), left, granted,
                        since=kv.get("create_revision"),
-                       ident=(kv.get("create_revision"), lease), seen=seen)
+                       ident=(kv.get("create_revision"), lease), rounding=1)
 
     def refresh(self, deadline):
         try:
@@ -2328,9 +2321,10 @@ def make_lock(config, transport, value, log):
 # those out, rather than saying '1', saves the cluster a whole round.
 
 HANDOVER_POLL = 0.25  # seconds between looks at an expiring holder
+EXPIRY_LAG = 0.5  # etcd removes what expired within about this much
 
 
-def take(lock, config, log, watch):
+def take(lock, config, log, watch, handover_wait):
     """Acquire the lock: valid_until, or LockContended.
 
     A live holder refreshes every ``refresh`` seconds, so its lock never has
@@ -2338,8 +2332,12 @@ def take(lock, config, log, watch):
     refresh (it is dead, paused or cut off): if its lock runs out within
     handover_wait, wait for that and try again.  The acquisition stays a
     create-if-absent: a holder that refreshes after all keeps the lock.
+
+    handover_wait is 0 for the check at the end of a recovery: it expects
+    '1' within 5 s, and a '0' there fails the recovery.
     """
     give_up = None  # the end of the handover wait, from the first contention
+    contended = None
     while True:
         # Taking the lock may not take longer than the lock would live.
         deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
@@ -2347,10 +2345,14 @@ def take(lock, config, log, watch):
             return lock.acquire(deadline)
         except LockContended as e:
             now = time.monotonic()
-            give_up = give_up or now + config.handover_wait
+            give_up = give_up or now + handover_wait
             if not _running_out(e.holding, config, give_up - now):
                 raise
             contended = e
+        except EtcdLockError:
+            if contended is None:
+                raise
+            raise contended from None  # after a wait, '1' as ever, never '3'
         # Ours goes back while we wait: someone else may be first after all.
         try:
             lock.release(min(deadline, time.monotonic() + 1))
@@ -2359,15 +2361,17 @@ def take(lock, config, log, watch):
         _wait_for_expiry(contended, config, log, watch, give_up)
 
 
-def _running_out(holding, config, budget):
-    """Whether holding missed a refresh and its lock ends within budget."""
-    if holding.left is None or budget <= 0:
-        return False
+def _missed_refresh(holding, config):
+    """A live holder never has much less than its TTL minus refresh left."""
     granted = holding.granted or config.lock_ttl  # v2: as ours, presumably
-    # etcd counts whole seconds (v3 rounds down, v2 up) and removes what
-    # expired within about half a second: "fewer seconds left than we may
-    # wait" is the test that gives the most handovers in time.
-    return holding.left < min(granted - config.refresh - 1, budget)
+    return holding.left is not None and holding.left < granted - config.refresh - 1
+
+
+def _running_out(holding, config, budget):
+    """Whether holding missed a refresh and its lock is gone within budget
+    (etcd counts whole seconds, and removes what expired a little later)."""
+    return _missed_refresh(holding, config) and \
+        holding.left + holding.rounding + EXPIRY_LAG <= budget
 
 
 def _wait_for_expiry(contended, config, log, watch, give_up):
@@ -2375,14 +2379,14 @@ def _wait_for_expiry(contended, config, log, watch, give_up):
     try.  Raise ``contended`` when it refreshes, or at give_up."""
     holding, lock, started = contended.holding, contended.lock, time.monotonic()
     log.info("lock %s: holder %s missed its refresh and has %d s left; waiting up to "
-             "%.1f s for it to expire" % (config.lock_key, holding.holder, holding.left,
-                                          give_up - started))
+             "%.1f s for it to expire" % (config.lock_key, _printable(holding.holder),
+                                          holding.left, give_up - started))
     while True:
         watch.sleep(min(HANDOVER_POLL, give_up - time.monotonic()))
         now = time.monotonic()
         if now >= give_up:
             log.info("lock %s: waited %.1f s for %s; still held" % (
-                config.lock_key, now - started, holding.holder))
+                config.lock_key, now - started, _printable(holding.holder)))
             raise contended
         try:
             current = lock.holding(give_up)
@@ -2392,15 +2396,15 @@ def _wait_for_expiry(contended, config, log, watch, give_up):
         now = time.monotonic()
         if current is None or current.ident != holding.ident:
             log.info("lock %s: waited %.1f s for %s; its lock %s" % (
-                config.lock_key, now - started, holding.holder,
+                config.lock_key, now - started, _printable(holding.holder),
                 "expired" if current is None else "went to %s" % current.holder))
             return
-        if current.left is None or current.left > max(holding.left_at(current.seen), 0) + 1:
-            # More left than a second of rounding explains (and etcd says 0,
-            # not less, once it ran out): it refreshed.
+        contended.holding = current
+        if not _missed_refresh(current, config):
+            # As much left as a live holder has (no arithmetic on etcd's
+            # whole seconds, nor on how long our requests took).
             log.info("lock %s: waited %.1f s for %s; it refreshed" % (
-                config.lock_key, now - started, holding.holder))
-            contended.holding = current
+                config.lock_key, now - started, _printable(holding.holder)))
             raise contended
 
 
@@ -2521,6 +2525,7 @@ def _holder_text(holding):
         who = "the original helper, pnn %s (%s)" % (about["pnn"], holding.holder)
     else:
         who = repr(holding.holder)
+    who = _printable(_cut(who, 200))  # a value is anybody's: no escapes to the terminal
     left = "no TTL" if holding.left is None else "%d s left" % holding.left
     if holding.granted:
         left += " of %d" % holding.granted
@@ -2604,10 +2609,9 @@ def status(config, log, as_json, out):
         if api == "v3":
             holding, queue = lock.holding(admin.deadline()), []
         else:
-            seen = admin.transport.clock()
             entries = lock._entries(admin.deadline())
-            holding = lock._holding(entries[0], seen) if entries else None
-            queue = [lock._holding(entry, seen) for entry in entries[1:]]
+            holding = lock._holding(entries[0]) if entries else None
+            queue = [lock._holding(entry) for entry in entries[1:]]
         report["apis"][api] = dict(_holding_json(holding, api) or {"holder": None},
                                    served=True, queue=[_holding_json(h, api) for h in queue])
         if holding is None:
@@ -2708,14 +2712,21 @@ def check(config, log, as_json, out):
                 original = any(describe_holder(entry.get("value"))["helper"] == "original"
                                for entry in entries)
                 if config.username and config.api != "v3":
-                    judge("auth", "ok", "v2 accepts user %s" % _shown(config.username))
+                    response = transport.request("GET", config.version_prefix + "/auth/enable",
+                                                 admin.deadline())
+                    judge("auth", "ok", "v2 accepts user %s" % _shown(config.username)
+                          if b'"enabled":true' in response.body.replace(b" ", b"") else
+                          "v2 authentication is off: username and password are not checked")
             except AuthError as e:
                 judge("auth", "error", str(e))
             except EtcdLockError as e:
                 judge("api", "error", "v2: %s" % e)
-        if config.api == "v2" and not serves["v2"]:
-            judge("api", "error", "api = v2, but no member serves v2 (etcd 3.6, or "
-                  "--enable-v2 off); set api = auto or v3 in %s" % config.file)
+        if config.api != "v3" and not serves["v2"] and (
+                config.api == "v2" or "version_prefix" in config.lines):
+            judge("api", "error", "api = %s%s, but no member serves v2 there (etcd 3.6, or "
+                  "--enable-v2 off); set api = v3 (or auto without version_prefix) in %s"
+                  % (config.api, " with version_prefix set" if config.api == "auto" else "",
+                     config.file))
         elif config.api != "v2" and not serves["v3"]:
             judge("api", "error", "api = %s, but no member serves the v3 gateway; set "
                   "api = v2 in %s" % (config.api, config.file))
@@ -2743,18 +2754,27 @@ def check(config, log, as_json, out):
 
 
 def _check_timing(config, transport, admin, judge):
-    """lock_ttl and refresh, against each other and against etcd's
-    shortest lease (one and a half election timeouts, rounded up)."""
+    """The lock's v3 key may be written with these credentials (a
+    transaction whose comparison never holds: etcd checks the put's
+    permission, and changes nothing); lock_ttl and refresh, against each
+    other and against etcd's shortest lease (one and a half election
+    timeouts, rounded up)."""
     try:
         lock = admin.v3_lock()
         if lock is None:
             return
+        lock._call("/kv/txn", {
+            "compare": [{"target": "CREATE", "key": lock.key, "result": "LESS",
+                         "create_revision": "0"}],
+            "success": [{"request_put": {"key": lock.key, "value": ""}}]}, admin.deadline())
         _, data = lock._call("/lease/grant", {"TTL": 1}, admin.deadline())
         shortest = _int(data.get("TTL"))
         lock.lease = data.get("ID")
         lock._revoke(admin.deadline())
         if config.username:
-            judge("auth", "ok", "v3 accepts user %s" % _shown(config.username))
+            judge("auth", "ok", "v3 accepts user %s, who may write the lock" % _shown(
+                config.username) if lock.token else "v3 authentication is off: username "
+                "and password are not checked")
     except AuthError as e:
         judge("auth", "error", str(e))
         return
@@ -2889,7 +2909,7 @@ def _open_std_fds():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if any(arg in ("--status", "--check") for arg in argv):
+    if _admin_mode(argv):
         return admin_main(argv)
     # Our parent first, then the signals: either may come at any instant.
     ppid = os.getppid()
@@ -2935,7 +2955,10 @@ def run(argv, log, status, watch):
         watch.check()
 
         lock = make_lock(config, Transport(config, log, watch), value, log)
-        valid_until = take(lock, config, log, watch)
+        # ctdbd's main daemon runs the end-of-recovery check, which wants
+        # '1' at once; elections are its recovery daemon's (ctdb_recoverd).
+        valid_until = take(lock, config, log, watch, 0 if _comm(watch.ppid) == "ctdbd"
+                           else config.handover_wait)
         lock.transport.check_members(min(time.monotonic() + 0.5, valid_until))
         if time.monotonic() >= valid_until - config.lock_ttl * FENCE_SHARE:
             raise TransportError("etcd answered too late to trust the lock")
@@ -3021,6 +3044,9 @@ def admin_main(argv):
         return (status if mode == "status" else check)(config, log, as_json, sys.stdout)
     except Terminated:
         return 3
+    except BrokenPipeError:  # | head: nobody reads the rest
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return 3
     except EtcdLockError as e:
         what = "config error" if isinstance(e, ConfigError) else "cannot ask etcd"
         log.error("%s - %s" % (what, e))
@@ -3031,6 +3057,17 @@ def admin_main(argv):
     except Exception as e:  # a bug of ours: one line, never a traceback
         log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
         return 3
+
+
+def _admin_mode(argv):
+    """--status or --check among the arguments (not as -c's file)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-c", "--config"):
+            next(args, None)
+        elif arg in ("--status", "--check"):
+            return True
+    return False
 
 
 def _config_path(named):

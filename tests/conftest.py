@@ -295,6 +295,8 @@ def key(lock_name):
 # A stand-in for ctdbd: starts the helper (stdout and stderr its own, so
 # ours to read), notes the helper's pid, and sleeps until killed.
 PARENT = ("import os, subprocess, sys, time\n"
+          "comm = os.environ.pop('PARENT_COMM', '')\n"
+          "comm and open('/proc/self/comm', 'w').write(comm)\n"
           "p = subprocess.Popen(sys.argv[2:])\n"
           "open(sys.argv[1] + '.tmp', 'w').write(str(p.pid))\n"
           "os.rename(sys.argv[1] + '.tmp', sys.argv[1])\n"
@@ -303,17 +305,21 @@ PARENT = ("import os, subprocess, sys, time\n"
 
 @pytest.fixture
 def spawn_under_parent(tmp_path):
-    """spawn_under_parent(config, helper_argv=None, env=None, status="0")
-    -> (parent, helper pid).
+    """spawn_under_parent(config, helper_argv=None, env=None, status="0",
+    comm=None) -> (parent, helper pid).
 
     The helper runs under a stand-in for ctdbd that the test can kill;
     ``status``: the byte to wait for on its stdout first (None: no wait).
-    Helpers still running at the end are killed.
+    ``comm``: the stand-in's process name (ctdbd's main daemon is
+    ``ctdbd``, its recovery daemon ``ctdb_recoverd``).  Helpers still
+    running at the end are killed.
     """
     parents, helpers = [], []
 
-    def start(config, helper_argv=None, env=None, status="0"):
+    def start(config, helper_argv=None, env=None, status="0", comm=None):
         pidfile = str(tmp_path / ("helper-%d.pid" % len(parents)))
+        if comm:
+            env = dict(env or os.environ, PARENT_COMM=comm)
         parent = subprocess.Popen(
             [sys.executable, "-c", PARENT, pidfile] + (helper_argv or [HELPER])
             + ["-c", str(config)], env=env, stdin=subprocess.DEVNULL,

@@ -185,3 +185,40 @@ def test_the_readme_demo_runs():
         "status: 0", "status: 1", "status: 0"], out
     assert "result   ok" in out and "v3  held by host" in out, out
     assert "Traceback" not in out
+
+
+def test_check_v2_required_by_version_prefix(etcd_members, admin):
+    """api = auto with version_prefix set by hand wants v2 (as the helper
+    does): on an etcd without it, that is a problem."""
+    code, out, _ = admin("--check", etcd=etcd_members("etcd35"), version_prefix="/v2")
+    assert code == 3
+    assert "with version_prefix set" in lines(out, "api")[0]
+
+
+def test_status_shows_no_escapes_from_a_value(etcd34, admin, key):
+    etcd34.v3_put(key, "\x1b[2J\x9b31m evil")
+    code, out, _ = admin("--status", etcd=etcd34, api="v3")
+    assert code == 0
+    assert "\x1b" not in out and "\x9b" not in out and "evil" in out
+
+
+def test_dash_c_takes_a_file_named_like_a_mode(etcd34, tmp_path, stubs):
+    done = subprocess.run([sys.executable, HELPER, "-c", "--status"], cwd=str(tmp_path),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=30, env=helper_env(stubs, tmp_path))
+    assert done.returncode == 3 and done.stdout == b"3"  # the helper, not --status
+    assert "--status" in done.stderr.decode()
+
+
+def test_status_into_a_closed_pipe(etcd34, tmp_path, stubs, lock_name):
+    config = write_config(str(tmp_path / "etcd"), {"port": etcd34.port, "lock_name": lock_name})
+    read, write = os.pipe()
+    os.close(read)  # | head -0
+    try:
+        done = subprocess.run([sys.executable, HELPER, "--status", "-c", config],
+                              stdin=subprocess.DEVNULL, stdout=write, stderr=subprocess.PIPE,
+                              timeout=30, env=helper_env(stubs, tmp_path))
+    finally:
+        os.close(write)
+    assert done.returncode == 3
+    assert done.stderr == b""  # no traceback, no 'internal error'

@@ -366,3 +366,27 @@ def test_check_judges_the_credentials(auth_members, spawn_auth, name):
     for helper, text in ((good, out), (bad, said)):
         assert_no_secret(helper)
         assert not any(secret in text for secret in SECRETS)
+
+
+def test_check_a_user_who_may_not_write_the_lock(tmp_path, spawn_auth, lock_name):
+    """Credentials that log in but may not touch the lock's key: the helper
+    says '3', and --check must say so too."""
+    (tmp_path / "member").mkdir()
+    member = start_secure_etcd("etcd35", tmp_path / "member")
+    try:
+        enable_v3_auth(member, USER, PASSWORD)
+        member.v3("/auth/role/add", {"name": "elsewhere"})
+        member.v3("/auth/role/grant", {"name": "elsewhere", "perm": {
+            "permType": "READWRITE", "key": base64.b64encode(b"/other/").decode(),
+            "range_end": base64.b64encode(b"/other0").decode()}})
+        member.v3("/auth/user/add", {"name": "ctdb", "password": WRONG})
+        member.v3("/auth/user/grant", {"user": "ctdb", "role": "elsewhere"})
+        helper = spawn_auth(member, api="v3", username="ctdb", password=WRONG)
+        assert helper.status() == "3"
+        check = spawn_auth(member, args=("--check",), api="v3", username="ctdb",
+                           password=WRONG)
+        assert check.wait() == 3
+        out = check.proc.stdout.read().decode()
+        assert "auth     error" in out and "permission denied" in out, out
+    finally:
+        member.stop()

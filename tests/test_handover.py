@@ -11,6 +11,7 @@ import pytest
 
 from conftest import HELPER, alive
 from etcdmember import wait_for
+from test_network import DelayProxy
 
 # A live holder has at least lock_ttl - refresh (4 s) left; one that stops
 # refreshing is "running out" below lock_ttl - refresh - 1.
@@ -27,10 +28,12 @@ def where(api):
     return "v2" if api == "v2" else "v3"
 
 
-def running_out(etcd, api, key, seconds=2):
-    """Wait until the holder's lock has at most ``seconds`` left."""
+def running_out(etcd, api, key):
+    """Wait until the holder's lock has about 2 s left: etcd counts whole
+    seconds, rounding down (v3) or up (v2)."""
+    seconds = 1 if where(api) == "v3" else 2
     wait_for(lambda: (etcd.left(where(api), key) or 99) <= seconds, 15,
-             "the holder's lock to run down to %d s" % seconds)
+             "the holder's lock to run down to about 2 s")
 
 
 def waiting(helper):
@@ -54,7 +57,7 @@ def test_dead_holder_is_taken_at_expiry(etcd, api, spawn, key):
     assert holder.status() == "0"
     holder.proc.kill()
     holder.wait()
-    running_out(etcd, api, key, seconds=1)
+    running_out(etcd, api, key)
     other = spawn(etcd, api=api, args=("-vv",), **SETTINGS)
     asked = time.monotonic()
     assert other.status(timeout=10) == "0", other.stderr()
@@ -129,8 +132,67 @@ def test_an_original_helpers_expiring_entry(etcd34, spawn_original, spawn, key):
     assert original.status() == "0"
     original.proc.kill()
     original.wait()
-    running_out(etcd34, "v2", key, seconds=1)
+    running_out(etcd34, "v2", key)
     ours = spawn(etcd34, api="v2", **SETTINGS)
     assert ours.status(timeout=10) == "0", ours.stderr()
     assert "missed its refresh" in ours.stderr()
     assert ours.terminate() == 0
+
+
+def dead_holder(etcd, key):
+    """A v3 holder that never refreshes again: its key, on a lease nobody
+    keeps alive, runs out to 1 s."""
+    lease = etcd.v3("/lease/grant", {"TTL": SETTINGS["lock_ttl"]})["ID"]
+    etcd.v3_put(key, "host=gone pnn=1 pid=1 id=00", lease=lease)
+    running_out(etcd, "v3", key)
+
+
+def contender_config(tmp_path, port, key):
+    config = tmp_path / "contender"
+    config.write_text("".join("%s = %s\n" % item for item in dict(
+        SETTINGS, port=port, api="v3", lock_name=key.rsplit("/", 1)[1]).items()))
+    return config
+
+
+def test_slow_writes_do_not_hide_a_dead_holder(etcd_members, spawn, key):
+    """A slow write path (a disk stall) makes no arithmetic of ours take a
+    dead holder for one that refreshed."""
+    etcd = etcd_members("etcd35")
+    proxy = DelayProxy(etcd.port)
+    proxy.delay, proxy.only = 0.6, b"/kv/txn"
+    try:
+        dead_holder(etcd, key)
+        other = spawn(port=proxy.port, api="v3", **SETTINGS)
+        assert other.status(timeout=10) == "0", other.stderr()
+        assert "its lock expired" in other.stderr()
+    finally:
+        proxy.close()
+
+
+def test_a_failed_try_after_the_wait_says_1_not_3(etcd_members, spawn, key):
+    etcd = etcd_members("etcd35")
+    proxy = DelayProxy(etcd.port)
+    try:
+        dead_holder(etcd, key)
+        other = spawn(port=proxy.port, api="v3", **SETTINGS)
+        waiting(other)
+        proxy.delay, proxy.only = 30, b"/lease/grant"  # etcd silent for the next try
+        assert other.status(timeout=15) == "1", other.stderr()
+        assert other.wait() == 1
+    finally:
+        proxy.close()
+
+
+def test_no_wait_at_the_end_of_a_recovery(etcd_members, spawn_under_parent, key, tmp_path):
+    """ctdbd's main daemon (its name is ctdbd) runs the end-of-recovery
+    check, which wants '1' at once: a '0' there fails the recovery."""
+    etcd = etcd_members("etcd35")
+    dead_holder(etcd, key)
+    parent, pid = spawn_under_parent(contender_config(tmp_path, etcd.port, key),
+                                     status=None, comm="ctdbd")
+    assert parent.stdout.read(1) == b"1"
+    assert etcd.v3_value(key) == "host=gone pnn=1 pid=1 id=00"
+    # Its recovery daemon (ctdb_recoverd) runs the elections: there it waits.
+    parent, pid = spawn_under_parent(contender_config(tmp_path, etcd.port, key),
+                                     status=None, comm="ctdb_recoverd")
+    assert parent.stdout.read(1) == b"0"
