@@ -1624,7 +1624,7 @@ class Transport:
                 response = self._ask(index, "POST", "/v3/maintenance/status",
                                      {"Content-Type": "application/json"}, b"{}", until, False)
                 cluster_id = json.loads(response.body.decode()).get("header", {})["cluster_id"]
-            except (_MemberFailed, ValueError, KeyError, AttributeError):
+            except (_MemberFailed, ValueError, KeyError, AttributeError, TypeError):
                 continue
             self.check_cluster(format(_int(cluster_id), "x"), response.endpoint)
 
@@ -1772,6 +1772,19 @@ def _quote(path):
     return quote(path, safe="/")
 
 
+def _etcd_shaped(operation):
+    """An answer of the wrong shape (an object where etcd gives a list, a
+    number where it gives a string, a field missing) is an answer etcd would
+    not give: a TransportError like any other, never a crash of ours."""
+    def checked(lock, deadline):
+        try:
+            return operation(lock, deadline)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
+            raise TransportError("%s answered in a way etcd would not (%s: %s)" % (
+                lock.transport.endpoint, type(e).__name__, _cut(str(e), 80))) from None
+    return checked
+
+
 def _final(error):
     """An etcd error about the lock itself (4xx), not one that may pass
     (5xx, 408 timeout, 429 too many requests)."""
@@ -1855,6 +1868,7 @@ class V2Lock:
         entries = self._entries(deadline)
         return entries[0] if entries else None
 
+    @_etcd_shaped
     def acquire(self, deadline):
         # 1. Queue our entry.  Whose answer is lost may be sent again (to
         #    another member): every entry with our value is ours, and the
@@ -1896,6 +1910,7 @@ class V2Lock:
             self._delete(key, deadline)
         return sent + self.ttl
 
+    @_etcd_shaped
     def refresh(self, deadline):
         try:
             sent, data = self._request("PUT", self._entry_url(), deadline, {
@@ -1917,6 +1932,7 @@ class V2Lock:
                 self.entry, first.get("value") if first else "nobody"))
         return sent + self.ttl
 
+    @_etcd_shaped
     def release(self, deadline):
         if self.entry is None and self.posted:
             # Our POST went out and we stopped waiting for its answer (a
@@ -2059,6 +2075,7 @@ class V3Lock:
         raise ApiNotServed("%s does not serve the v3 API (no /v3 gateway: etcd older "
                            "than 3.3?); set api = v2" % self.transport.endpoint)
 
+    @_etcd_shaped
     def acquire(self, deadline):
         sent, data = self._grant(deadline)
         self.lease = data.get("ID")
@@ -2089,6 +2106,7 @@ class V3Lock:
                 self.transport.endpoint, data))
         return sent + min(ttl, self.ttl)
 
+    @_etcd_shaped
     def refresh(self, deadline):
         try:
             sent, data = self._call("/lease/keepalive", {"ID": self.lease}, deadline)
@@ -2116,6 +2134,7 @@ class V3Lock:
                            % (self.path, self._unb64(kv.get("value", ""))))
         return sent + min(ttl, self.ttl)
 
+    @_etcd_shaped
     def release(self, deadline):
         try:
             if self.revision is not None:
