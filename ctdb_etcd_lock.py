@@ -988,7 +988,9 @@ class Connection:
     and http.client would cost modules we have no use for.
     """
 
-    MAX_ANSWER = 8 << 20  # the biggest answer we read (a v2 directory listing)
+    # The biggest answer we read: a v2 directory listing, a few KiB per node
+    # queued.  Parsed JSON may take 20 times its size in memory, so no more.
+    MAX_ANSWER = 1 << 20
     MAX_CHUNKS = 1000  # etcd sends a handful; parsing many again and again costs
 
     def __init__(self, endpoint, addresses, deadline, clock, watch, tls=None):
