@@ -13,7 +13,6 @@ of the answer.  A '0' only ever while the real etcd holds our lock.
 """
 
 import json
-import os
 import socket
 import ssl
 import threading
