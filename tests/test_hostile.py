@@ -403,6 +403,20 @@ def test_redirect_while_holding_is_not_followed(etcd_members, servers, spawn, ke
     assert trap.connections == 0
 
 
+def test_tls_handshake_stalls_when_taking_the_lock(etcd_members, servers, spawn, certs):
+    # (test_tls.py has more ways to stall; this one through the same proxy.)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certs.server.cert, certs.server.key)
+    proxy = servers(Proxy, etcd_members("etcd35").port, context)
+    proxy.stall_handshakes = True
+    helper = spawn(port=proxy.port, api="v3", args=(), lock_ttl=TTL, read_timeout=60,
+                   protocol="https", ca_cert=certs.ca)
+    assert helper.status(timeout=10) == "3", helper.stderr()
+    _, peak = run_to_exit(helper, 5)
+    assert_one_clean_line(helper, proxy.url, "did not answer within")
+    assert peak < MEMORY_LIMIT, "peak RSS %d KiB" % peak
+
+
 def test_tls_handshake_stalls_while_holding(etcd_members, servers, spawn, key, certs):
     # The kept-alive connection is reset; every new one stalls in its
     # handshake: the lock goes before it could expire.
