@@ -13,6 +13,7 @@ of the answer.  A '0' only ever while the real etcd holds our lock.
 """
 
 import json
+import os
 import socket
 import ssl
 import threading
@@ -207,21 +208,30 @@ def vm_hwm(pid):
 
 
 def run_to_exit(helper, timeout):
-    """(exit time, peak RSS in KiB): VmHWM, sampled until the process is
-    gone.  (wait4's ru_maxrss would not do: it counts the copy of pytest
-    that the fork made before the exec.)  The peak of a broken answer comes
-    while it is read, and the helper has more to do after that (a status,
-    a line, a release): a sample every few milliseconds sees it."""
+    """(exit time, peak RSS in KiB) of the helper.
+
+    The exit is seen by a thread blocked in waitid (the process left for
+    reaping), for a time close to the kernel's.  The peak is VmHWM, sampled
+    until then: wait4's ru_maxrss would not do, it counts the copy of
+    pytest that the fork made before the exec.  The peak of a broken answer
+    comes while it is read, and the helper has more to do after that (a
+    status, a line, a release): a sample every few milliseconds sees it."""
     pid = helper.proc.pid
+    exited = []
+
+    def see_exit():
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        exited.append(time.monotonic())
+    threading.Thread(target=see_exit, daemon=True).start()
     deadline = time.monotonic() + timeout
     peak = 0
-    while True:
+    while not exited:
         peak = max(peak, vm_hwm(pid))
-        if helper.proc.poll() is not None:
-            return time.monotonic(), peak
         assert time.monotonic() < deadline, "helper still running after %ss; stderr: %s" % (
             timeout, helper.stderr())
         time.sleep(0.002)
+    helper.proc.wait()
+    return exited[0], peak
 
 
 def assert_one_clean_line(helper, *words):
