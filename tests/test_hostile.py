@@ -220,7 +220,10 @@ def run_to_exit(helper, timeout):
     exited = []
 
     def see_exit():
-        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        try:
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:  # still running at the timeout, then killed
+            return
         exited.append(time.monotonic())
     threading.Thread(target=see_exit, daemon=True).start()
     deadline = time.monotonic() + timeout
