@@ -402,9 +402,12 @@ def test_broken_answer_while_holding(etcd_members, servers, spawn, key, case, ap
     proxy.fault_if = lambda request: TARGETS[api][1] in path_of(request)
     fault = HELD[case]
     proxy.fault = lambda sock, request, real: fault(sock, real)
-    outcome = check_given_up_in_time(proxy, helper, member, api, key)
-    if case not in ("numbers swapped with strings",):
-        assert outcome == "given up"
+    # v2 reads no number of an answer: strings for them change nothing.  v3
+    # compares the key's revision and lease with those it took, as etcd
+    # gives them (strings): an int is not ours.
+    held = (case, api) == ("numbers swapped with strings", "v2")
+    assert check_given_up_in_time(proxy, helper, member, api, key) == (
+        "held" if held else "given up")
 
 
 def test_redirect_while_holding_is_not_followed(etcd_members, servers, spawn, key):
