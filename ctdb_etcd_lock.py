@@ -1007,7 +1007,9 @@ class Connection:
     and http.client would cost modules we have no use for.
     """
 
-    MAX_ANSWER = 8 << 20  # the biggest answer we read (a v2 directory listing)
+    # The biggest answer we read: a v2 directory listing, a few KiB per node
+    # queued.  Parsed JSON may take 20 times its size in memory, so no more.
+    MAX_ANSWER = 1 << 20
     MAX_CHUNKS = 1000  # etcd sends a handful; parsing many again and again costs
 
     def __init__(self, endpoint, addresses, deadline, clock, watch, tls=None):
@@ -1653,7 +1655,7 @@ class Transport:
                 response = self._ask(index, "POST", "/v3/maintenance/status",
                                      {"Content-Type": "application/json"}, b"{}", until, False)
                 cluster_id = json.loads(response.body.decode()).get("header", {})["cluster_id"]
-            except (_MemberFailed, ValueError, KeyError, AttributeError):
+            except (_MemberFailed, ValueError, KeyError, AttributeError, TypeError):
                 continue
             self.check_cluster(format(_int(cluster_id), "x"), response.endpoint)
 
@@ -1825,6 +1827,19 @@ def _quote(path):
     return quote(path, safe="/")
 
 
+def _etcd_shaped(operation):
+    """An answer of the wrong shape (an object where etcd gives a list, a
+    number where it gives a string, a field missing) is an answer etcd would
+    not give: a TransportError like any other, never a crash of ours."""
+    def checked(lock, deadline):
+        try:
+            return operation(lock, deadline)
+        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
+            raise TransportError("%s answered in a way etcd would not (%s: %s)" % (
+                lock.transport.endpoint, type(e).__name__, _cut(str(e), 80))) from None
+    return checked
+
+
 def _final(error):
     """An etcd error about the lock itself (4xx), not one that may pass
     (5xx, 408 timeout, 429 too many requests)."""
@@ -1916,10 +1931,17 @@ class V2Lock:
         return Holding(entry.get("value"), left, since=entry.get("createdIndex"),
                        ident=entry.get("key"), expires=entry.get("expiration"))
 
+    @_etcd_shaped
     def holding(self, deadline):
         first = self._first_entry(deadline)
         return self._holding(first) if first else None
 
+    @_etcd_shaped
+    def queue(self, deadline):
+        """Every entry as a Holding, the holder first (for --status)."""
+        return [self._holding(entry) for entry in self._entries(deadline)]
+
+    @_etcd_shaped
     def acquire(self, deadline):
         # 1. Queue our entry.  Whose answer is lost may be sent again (to
         #    another member): every entry with our value is ours, and the
@@ -1962,6 +1984,7 @@ class V2Lock:
             self._delete(key, deadline)
         return sent + self.ttl
 
+    @_etcd_shaped
     def refresh(self, deadline):
         try:
             sent, data = self._request("PUT", self._entry_url(), deadline, {
@@ -1983,6 +2006,7 @@ class V2Lock:
                 self.entry, first.get("value") if first else "nobody"))
         return sent + self.ttl
 
+    @_etcd_shaped
     def release(self, deadline):
         if self.entry is None and self.posted:
             # Our POST went out and we stopped waiting for its answer (a
@@ -2125,6 +2149,7 @@ class V3Lock:
         raise ApiNotServed("%s does not serve the v3 API (no /v3 gateway: etcd older "
                            "than 3.3?); set api = v2" % self.transport.endpoint)
 
+    @_etcd_shaped
     def acquire(self, deadline):
         sent, data = self._grant(deadline)
         self.lease = data.get("ID")
@@ -2156,6 +2181,7 @@ class V3Lock:
                 self.transport.endpoint, data))
         return sent + min(ttl, self.ttl)
 
+    @_etcd_shaped
     def holding(self, deadline):
         _, data = self._call("/kv/range", {"key": self.key}, deadline)
         kvs = data.get("kvs") or []
@@ -2179,6 +2205,7 @@ class V3Lock:
                        since=kv.get("create_revision"),
                        ident=(kv.get("create_revision"), lease), rounding=1)
 
+    @_etcd_shaped
     def refresh(self, deadline):
         try:
             sent, data = self._call("/lease/keepalive", {"ID": self.lease}, deadline)
@@ -2206,6 +2233,7 @@ class V3Lock:
                            % (self.path, self._unb64(kv.get("value", ""))))
         return sent + min(ttl, self.ttl)
 
+    @_etcd_shaped
     def release(self, deadline):
         try:
             if self.revision is not None:
@@ -2609,9 +2637,8 @@ def status(config, log, as_json, out):
         if api == "v3":
             holding, queue = lock.holding(admin.deadline()), []
         else:
-            entries = lock._entries(admin.deadline())
-            holding = lock._holding(entries[0]) if entries else None
-            queue = [lock._holding(entry) for entry in entries[1:]]
+            queue = lock.queue(admin.deadline())
+            holding, queue = (queue[0], queue[1:]) if queue else (None, [])
         report["apis"][api] = dict(_holding_json(holding, api) or {"holder": None},
                                    served=True, queue=[_holding_json(h, api) for h in queue])
         if holding is None:

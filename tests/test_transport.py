@@ -5,11 +5,11 @@ never a wait longer than the lock would live."""
 import errno
 import os
 import socket
-import socketserver
-import threading
 import time
 
 import pytest
+
+from fakeetcd import FakeEtcd
 
 ANSWERS = {
     "garbage": b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nnot json!",
@@ -23,31 +23,6 @@ ANSWERS = {
     "too many chunks": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
                        + b"1\r\n \r\n" * 40000 + b"0\r\n\r\n",
 }
-
-
-class FakeEtcd:
-    def __init__(self, answer):
-        self.answer = answer
-        outer = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self):
-                self.request.recv(65536)
-                if outer.answer is None:  # hang: hold the connection, say nothing
-                    time.sleep(30)
-                elif callable(outer.answer):
-                    outer.answer(self.request)
-                else:
-                    self.request.sendall(outer.answer)
-
-        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
