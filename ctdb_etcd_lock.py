@@ -2557,8 +2557,6 @@ def _holder_text(holding):
     left = "no TTL" if holding.left is None else "%d s left" % holding.left
     if holding.granted:
         left += " of %d" % holding.granted
-    if holding.expires:
-        left += " (expires %s by etcd's clock)" % _printable(str(holding.expires))
     return who, left
 
 
