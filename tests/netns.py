@@ -418,9 +418,9 @@ class Run:
         with self.lock:
             return next(iter(self.holders.items()), (None, None))
 
-    def await_holder(self):
+    def await_holder(self, timeout=None):
         """The holder, waiting a while for one: (node, pid), or (None, None)."""
-        deadline = time.monotonic() + 2 * self.args.lock_ttl + 5
+        deadline = time.monotonic() + (timeout or 2 * self.args.lock_ttl + 5)
         while self.holder()[1] is None and time.monotonic() < deadline:
             time.sleep(0.1)
         return self.holder()
@@ -444,7 +444,8 @@ class Run:
         binary = fetch_etcd.etcd_binary(suite)
         self.event("run", flavour=self.args.flavour, api=self.args.api,
                    lock_ttl=self.args.lock_ttl, seed=self.args.seed, minutes=self.args.minutes,
-                   free_limit=self.args.free_limit, prompt_fence=PROMPT_FENCE)
+                   free_limit=self.args.free_limit, prompt_fence=PROMPT_FENCE,
+                   wall=time.time())  # to read the etcd logs (wall clock) beside ours
         self.network.create()
         self.event("netem", available=self.network.netem)
         token = "partition-" + uuid.uuid4().hex
@@ -516,9 +517,11 @@ class Run:
         end = time.monotonic() + self.args.minutes * 60
         deck = []
         while time.monotonic() < end:
-            # Quiet long enough for the last fault's aftermath (a dead
-            # holder's lease running out) to be over: one fault at a time.
-            time.sleep(ttl + self.rng.uniform(2.0, 4.0))
+            # One fault at a time: the last one's aftermath (a dead holder's
+            # lease running out, renewed by each new etcd leader) is over
+            # once a node holds the lock again.
+            self.await_holder(3 * ttl + 10)
+            time.sleep(self.rng.uniform(1.0, 3.0))
             if not deck:
                 deck = list(FAULTS)
                 self.rng.shuffle(deck)
@@ -789,6 +792,10 @@ def check(events, workdir=None):
         "longest_free_s": round(longest[1] - longest[0], 2),
         "longest_free_at_s": round(longest[0] - begin, 1) if begin else None,
         "longest_free_after": last_fault_before(events, longest[0]),
+        "free_windows_over_ttl": [
+            {"at_s": round(w[0] - begin, 1), "length_s": round(w[1] - w[0], 2),
+             "after": last_fault_before(events, w[0])}
+            for w in windows if w[1] - w[0] > ttl],
         "free_limit_s": free_limit,
         "paused_holders": fences,
         "slowest_fence_s": max((c["eof_after_cont_s"] or 0 for c in fences), default=None),
