@@ -264,6 +264,10 @@ class Member:
         except (OSError, ValueError):
             return False
 
+    def leads(self):
+        status = self.status(timeout=0.5)
+        return bool(status) and status[0] == status[1]
+
     def status(self, timeout=1.0):
         """(its member id, the leader's id it knows) or None."""
         try:
@@ -392,6 +396,7 @@ class Run:
         self.network = Network("ptn%d-" % os.getpid(),
                                lambda state: self.event("net", **state))
         self.members = []
+        self.stopping = threading.Event()
 
     # -- the log -----------------------------------------------------------
 
@@ -457,6 +462,20 @@ class Run:
                    "the three etcd members to be healthy")
         for i, node in enumerate(NODES):
             self.start_agent(i, node)
+        watch = threading.Thread(target=self.watch_leaders, daemon=True)
+        watch.start()
+        self.readers.append(watch)
+
+    def watch_leaders(self):
+        """Which members say they lead, asked every 0.25 s over the router's
+        own links (no fault cuts those): logged when it changes."""
+        known = None
+        while not self.stopping.is_set():
+            leaders = sorted(m.name for m in self.members if m.running() and m.leads())
+            if leaders != known:
+                self.event("leaders", members=leaders)
+                known = leaders
+            self.stopping.wait(0.25)
 
     def start_agent(self, pnn, node):
         base = os.path.join(self.workdir, node)
@@ -484,6 +503,7 @@ class Run:
     def stop(self):
         """Everything we started, whatever state it is in."""
         self.event("teardown")
+        self.stopping.set()
         for pid in list(self.paused):
             signal_quietly(pid, signal.SIGCONT)
         for agent in self.agents.values():
@@ -678,17 +698,20 @@ def overlaps(intervals):
     return found
 
 
-def quorum_reachable(state):
+def quorum_reachable(state, leaders=None):
     """A node can reach a member of a pair of live members that reach each
-    other over links neither cut nor slow: a quorum of three is there for
-    that node to use (a slow link counts as no link: it promises nothing)."""
+    other over links neither cut nor slow, and one of the pair says it is
+    the leader: a quorum of three is there for that node to use (a slow
+    link counts as no link: it promises nothing).  ``leaders``: the members
+    that said they lead (None: not known, not asked)."""
     cut = {frozenset(pair) for pair in state["cut"]}
     slow, down = set(state["slow"]), set(state["down"])
 
     def linked(a, b):
         return frozenset((a, b)) not in cut and a not in slow and b not in slow
     live = [m for m in MEMBERS if m not in down]
-    quorums = [(a, b) for a in live for b in live if a < b and linked(a, b)]
+    quorums = [(a, b) for a in live for b in live if a < b and linked(a, b)
+               and (leaders is None or a in leaders or b in leaders)]
     return any(linked(node, a) or linked(node, b) for node in NODES for a, b in quorums)
 
 
@@ -696,18 +719,18 @@ def free_windows(events, intervals, start, end):
     """Stretches in [start, end] when nobody held the lock and a quorum was
     reachable: [(from, to)]."""
     points = sorted({start, end} | {t for i in intervals for t in i[:2] if start < t < end}
-                    | {e["t"] for e in events if e["ev"] == "net" and start < e["t"] < end})
+                    | {e["t"] for e in events if e["ev"] in ("net", "leaders")
+                       and start < e["t"] < end})
     nets = [e for e in events if e["ev"] == "net"]
+    leaders = [e for e in events if e["ev"] == "leaders"]
     windows, open_at = [], None
     for a, b in zip(points, points[1:]):
         middle = (a + b) / 2
-        state = None
-        for e in nets:
-            if e["t"] > middle:
-                break
-            state = e
+        state = latest(nets, middle)
+        leading = latest(leaders, middle)
         held = any(i[0] <= middle < i[1] for i in intervals)
-        free = not held and state is not None and quorum_reachable(state)
+        free = not held and state is not None and quorum_reachable(
+            state, leading["members"] if leading else None if not leaders else [])
         if free and open_at is None:
             open_at = a
         elif not free and open_at is not None:
@@ -716,6 +739,16 @@ def free_windows(events, intervals, start, end):
     if open_at is not None:
         windows.append((open_at, end))
     return windows
+
+
+def latest(events, t):
+    """The last of these events (in time order) at or before t, or None."""
+    found = None
+    for e in events:
+        if e["t"] > t:
+            break
+        found = e
+    return found
 
 
 def prompt_fences(events, intervals):
