@@ -936,28 +936,37 @@ def main(argv, script):
     return run_in_netns(args)
 
 
+def interrupted(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run_in_netns(args):
     remove_stale_namespaces()
     workdir = tempfile.mkdtemp(prefix="partition-")
     print("partition: work directory %s" % workdir, flush=True)
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(130))
-    signal.signal(signal.SIGHUP, lambda signum, frame: sys.exit(130))
+    # Ctrl-C, SIGTERM and SIGHUP all stop the run and clean up (SIGINT too
+    # when we were started with it ignored, as in the background of a script).
+    signal.signal(signal.SIGINT, interrupted)
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
     the_run = Run(args, workdir)
     try:
         the_run.start()
         the_run.nemesis()
     except KeyboardInterrupt:
         sys.stderr.write("partition: interrupted; cleaning up\n")
+        the_run.interrupted = True
         return 130
     except RuntimeError as e:
         sys.stderr.write("partition: %s\n" % e)
         return 2
     finally:
         # A second Ctrl-C must not cut the cleanup short.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         the_run.stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if getattr(the_run, "interrupted", False):
+            sys.stderr.write("partition: cleaned up; log in %s\n" % workdir)
     report = check(the_run.events, workdir)
     print(summary(report))
     if args.json:
