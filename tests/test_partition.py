@@ -63,11 +63,11 @@ def partition(tmp_path, minutes, seed, flavour, api, lock_ttl=4):
 
 
 def test_partition_short_run(namespaces, tmp_path):
-    """About 80 s on etcd 3.4 with api = auto (the v3 key and the v2 queue
-    both held): one fault of each kind (a shuffled deck of eight)."""
-    report = partition(tmp_path, 1.4, seed=8, flavour="etcd34", api="auto")
-    assert report["fault_count"] >= 6
-    assert len(report["faults"]) >= 6
+    """72 s of faults on etcd 3.4 with api = auto (the v3 key and the v2
+    queue both held): at least four kinds, dealt from a shuffled deck."""
+    report = partition(tmp_path, 1.2, seed=8, flavour="etcd34", api="auto")
+    assert report["fault_count"] >= 4
+    assert len(report["faults"]) >= 4
 
 
 @pytest.mark.soak
