@@ -254,14 +254,23 @@ class Node:
 
     def kill_daemons(self):
         """ctdbd and its recovery and event daemons die; helpers live on as
-        orphans.  Returns the helpers' pids."""
+        orphans.  Returns the helpers' pids and the monotonic time of the kill."""
         pids = self.pids()
         daemons = [pids[name] for name in ("ctdbd", "ctdb-recoverd", "ctdb-eventd")
                    if name in pids]
         kill(daemons, signal.SIGSTOP)
         kill(daemons)
+        killed = time.monotonic()
         self._gone(daemons)
-        return pids["helpers"]
+        return pids["helpers"], killed
+
+    def kill_helper(self):
+        """SIGKILL the helper of this node's recovery daemon (the leader's
+        helper, on the leader); returns its pid and the time of the kill."""
+        helper = self.leader_helper()
+        assert helper is not None, "node %d runs no helper for its recovery daemon" % self.pnn
+        os.kill(helper, signal.SIGKILL)
+        return helper, time.monotonic()
 
     def stop(self, timeout=10):
         """ctdbd in test mode exits when its stdin closes."""
@@ -284,7 +293,7 @@ class Node:
 
     # -- asking it -----------------------------------------------------------
 
-    def ctdb(self, *args, timeout=5):
+    def ctdb(self, *args, timeout=2):
         """(exit status, output) of the ctdb tool of the node's own version."""
         argv = ["/usr/bin/ctdb"] + list(args)
         env = self.env()
@@ -428,23 +437,24 @@ class CtdbCluster:
         return wait_for(leader, timeout, "a healthy cluster with a leader")[0]
 
     def leader_holding(self, not_helper=None):
-        """(pnn, helper pid) once every running node answers the same running
-        leader whose recovery daemon has a helper running (not ``not_helper``),
-        and etcd names that helper's node as the holder; else None."""
-        live = self.live()
-        leaders = {node.leader() for node in live}
-        if len(leaders) != 1:
-            return None
-        leader = leaders.pop()
-        if leader is None or not self.nodes[leader].running():
-            return None
-        helper = self.nodes[leader].leader_helper()
-        if helper is None or helper == not_helper:
-            return None
+        """(pnn, helper pid) once etcd names as the holder a helper (not
+        ``not_helper``) of a node's recovery daemon, and that node's
+        `ctdb leader` answers itself; else None.
+
+        Only the leader is asked: during an election the recovery daemons
+        are busy taking the lock, and `ctdb leader` waits on them."""
         holder = self.holder()
-        if holder is None or holder[0] != leader or holder[1] not in (None, helper):
+        if holder is None or holder[0] is None or holder[0] >= len(self.nodes):
             return None
-        return leader, helper
+        node = self.nodes[holder[0]]
+        if not node.running():
+            return None
+        helper = node.leader_helper()
+        if helper is None or helper == not_helper or holder[1] not in (None, helper):
+            return None
+        if node.leader() != node.pnn:
+            return None
+        return node.pnn, helper
 
     def wait_leader(self, timeout, not_helper=None):
         """leader_holding(), waited for; also (pnn, helper, seconds waited)."""
