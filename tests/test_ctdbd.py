@@ -120,8 +120,8 @@ def test_cluster_keeps_one_leader_through_faults(cluster):
 
     # The leader's whole node dies at once.
     victim = nodes.nodes[leader]
-    victim.kill()
     killed = time.monotonic()
+    victim.kill()
     leader, helper, took = within(killed, LOCK_TTL + 6, nodes, "whole leader node killed")
     assert leader != victim.pnn
     print("whole node killed: new leader %d after %.1fs" % (leader, took))
