@@ -460,7 +460,7 @@ class CtdbCluster:
         """leader_holding(), waited for; also (pnn, helper, seconds waited)."""
         started = time.monotonic()
         pnn, helper = wait_for(lambda: self.leader_holding(not_helper), timeout,
-                               "a leader holding the lock: %s" % self.describe())
+                               "a leader holding the lock")
         return pnn, helper, time.monotonic() - started
 
     def holder(self):
