@@ -29,7 +29,13 @@ fi
 mirror=${mirror:-http://deb.debian.org/debian}
 
 rm -f "$stamp"
-rm -rf "$root"
+# A debootstrap that was interrupted may have left /proc or /sys mounted in
+# the root: unmount them (deepest first) before removing what is there.
+if [ -d "$root" ]; then
+    awk -v r="$root/" 'index($2, r) == 1 { print $2 }' /proc/mounts | sort -r |
+        while read -r mountpoint; do umount -l "$mountpoint" || true; done
+    rm -rf --one-file-system "$root"
+fi
 mkdir -p "$cache"
 echo "make_trixie_root: building $root from $mirror (once; about a minute)" >&2
 debootstrap --variant=minbase trixie "$root" "$mirror" >"$cache/trixie-root.log" 2>&1 ||
