@@ -3123,8 +3123,10 @@ def _release(lock, seconds, log, quiet=False, until=None):
 if __name__ == "__main__":
     code = main()
     # Done: a late signal must not kill the interpreter on its way out
-    # (Python restores the default action of signals it handled).
+    # (Python restores the default action of signals it handled).  Blocked,
+    # not ignored: a SIGTERM that came just before SIG_IGN replaced our
+    # handler would be reported as "ignored due to race condition", with a
+    # traceback, and ctdbd sends SIGTERM the moment it reads '1'.
     signal.setitimer(signal.ITIMER_REAL, 0)
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
-        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGALRM})
     sys.exit(code)
