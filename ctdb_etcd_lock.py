@@ -2644,10 +2644,10 @@ def status(config, log, as_json, out):
             continue
         who, left = _holder_text(holding)
         admin.say("%s  held by %s since %s %s; %s" % (
-            api, who, "revision" if api == "v3" else "index", holding.since, left))
+            api, who, "revision" if api == "v3" else "index", _int(holding.since), left))
         for waiting in queue:
             who, left = _holder_text(waiting)
-            admin.say("%s  queued: %s (index %s; %s)" % (api, who, waiting.since, left))
+            admin.say("%s  queued: %s (index %s; %s)" % (api, who, _int(waiting.since), left))
     held = any(about.get("holder") is not None for about in report["apis"].values())
     report["held"] = held
     report["endpoint"] = admin.transport.endpoint
