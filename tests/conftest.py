@@ -15,7 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from etcdmember import FLAVOURS, start_etcd, wait_for  # noqa: E402
+from etcdmember import FLAVOURS, read_text, start_etcd, wait_for  # noqa: E402
 
 
 HELPER = os.path.join(ROOT, "ctdb_etcd_lock.py")
@@ -339,15 +339,6 @@ def spawn_under_parent(tmp_path):
         parent.stderr.close()
     for pid in helpers:
         kill_if_ours(pid, HELPER)
-
-
-def read_text(path):
-    """The file's text, or '' while it does not exist."""
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return ""
 
 
 def kill_if_ours(pid, marker):

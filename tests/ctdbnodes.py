@@ -29,7 +29,7 @@ import subprocess
 import time
 import uuid
 
-from etcdmember import wait_for
+from etcdmember import read_text, wait_for
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -111,14 +111,6 @@ def kill(pids, signum=signal.SIGKILL):
             os.kill(pid, signum)
         except ProcessLookupError:
             pass
-
-
-def read_text(path):
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except FileNotFoundError:
-        return ""
 
 
 def environ_has(pid, entry):

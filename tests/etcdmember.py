@@ -41,6 +41,15 @@ def wait_for(predicate, timeout, what):
         time.sleep(0.02)
 
 
+def read_text(path):
+    """The file's text, or '' while it does not exist."""
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except FileNotFoundError:
+        return ""
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -18,6 +18,13 @@ from test_network import DelayProxy
 SETTINGS = {"lock_ttl": 6, "refresh": 1, "handover_wait": 3}
 
 
+# Branches of the wait itself run once per keyspace a contender meets first
+# (and once with both): the full set of cases is for taking and contending.
+EACH_KIND = [("etcd34", "v2"), ("etcd35", "v3"), ("etcd34", "auto")]
+each_kind = pytest.mark.parametrize("case", EACH_KIND, indirect=True,
+                                    ids=["-".join(case) for case in EACH_KIND])
+
+
 @pytest.fixture
 def etcd(case_etcd):
     return case_etcd
@@ -69,6 +76,7 @@ def test_dead_holder_is_taken_at_expiry(etcd, api, spawn, key):
     assert other.terminate() == 0
 
 
+@each_kind
 def test_slow_holder_that_refreshes_means_1(etcd, api, spawn, key):
     holder = spawn(etcd, api=api, **SETTINGS)
     assert holder.status() == "0"
@@ -85,6 +93,7 @@ def test_slow_holder_that_refreshes_means_1(etcd, api, spawn, key):
     assert "pid=%d" % holder.proc.pid in etcd.value(where(api), key)
 
 
+@each_kind
 def test_sigterm_during_the_wait_leaves_nothing_behind(etcd, api, spawn, key):
     holder = spawn(etcd, api=api, **SETTINGS)
     assert holder.status() == "0"
