@@ -33,7 +33,9 @@ INSTALL ?= install
 
 .PHONY: all install uninstall
 
-# install -p keeps the module's time: its byte code records that time (and
+# Both files ctdbd may run go in whole or not at all (a new name, then mv):
+# on a live node, ctdbd starts the helper at any moment.  install -p keeps
+# the module's time: its byte code records that time (and
 # the size) and is used only while the source still has them.  The byte code
 # is plain (no -O: ctdbd runs python3 without it); -d puts the installed
 # path, not DESTDIR's, in it.
@@ -43,7 +45,8 @@ all:
 
 install:
 	$(INSTALL) -d $(DESTDIR)$(HELPERDIR) $(DESTDIR)$(MANDIR)/man7 $(DESTDIR)$(DOCDIR)
-	$(INSTALL) -p -m 644 ctdb_etcd_lock.py $(DESTDIR)$(HELPERDIR)/ctdb_etcd_lock.py
+	$(INSTALL) -p -m 644 ctdb_etcd_lock.py $(DESTDIR)$(HELPERDIR)/ctdb_etcd_lock.py.tmp
+	mv -f $(DESTDIR)$(HELPERDIR)/ctdb_etcd_lock.py.tmp $(DESTDIR)$(HELPERDIR)/ctdb_etcd_lock.py
 	printf '%s\n' \
 	    '#!$(PYTHON)' \
 	    '# The CTDB mutex helper that keeps the cluster lock in etcd (man 7 ctdb-etcd).' \
@@ -56,7 +59,7 @@ install:
 	chmod 755 $(DESTDIR)$(HELPERDIR)/ctdb_etcd_lock.tmp
 	mv -f $(DESTDIR)$(HELPERDIR)/ctdb_etcd_lock.tmp $(DESTDIR)$(HELPERDIR)/ctdb_etcd_lock
 	if [ "$(COMPILE)" = yes ]; then \
-	    $(PYTHON) -m compileall -q -f -d $(HELPERDIR) \
+	    umask 022; $(PYTHON) -m compileall -q -f -d $(HELPERDIR) \
 	        $(DESTDIR)$(HELPERDIR)/ctdb_etcd_lock.py; \
 	fi
 	$(INSTALL) -p -m 644 ctdb-etcd.7 $(DESTDIR)$(MANDIR)/man7/ctdb-etcd.7

@@ -979,7 +979,7 @@ class Response:
         import json
         try:
             data = json.loads(self.body.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep
             data = None
         if not isinstance(data, dict):
             raise TransportError("%s answered HTTP %d with a body that is not etcd's "
@@ -1271,6 +1271,10 @@ def _addresses(endpoint, watch, deadline):
     answer = []
 
     def resolve():
+        # Signals are the main thread's: one delivered here at exit, when
+        # Python has given them back their default action, would kill us.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT,
+                                                  signal.SIGALRM})
         try:
             answer.append(socket.getaddrinfo(endpoint.host, endpoint.port,
                                              type=socket.SOCK_STREAM))
@@ -1655,7 +1659,8 @@ class Transport:
                 response = self._ask(index, "POST", "/v3/maintenance/status",
                                      {"Content-Type": "application/json"}, b"{}", until, False)
                 cluster_id = json.loads(response.body.decode()).get("header", {})["cluster_id"]
-            except (_MemberFailed, ValueError, KeyError, AttributeError, TypeError):
+            except (_MemberFailed, ValueError, KeyError, AttributeError, TypeError,
+                    RecursionError):
                 continue
             self.check_cluster(format(_int(cluster_id), "x"), response.endpoint)
 
@@ -2057,7 +2062,7 @@ class V3Lock:
     def __init__(self, transport, config, value, log, required=True):
         import base64
         self._b64 = lambda raw: base64.b64encode(raw.encode("utf-8")).decode("ascii")
-        self._unb64 = lambda text: base64.b64decode(text).decode("utf-8", "replace")
+        self._unb64 = lambda text: _b64_text(base64, text)
         self.transport = transport
         self.config = config
         self.ttl = config.lock_ttl
@@ -2264,6 +2269,15 @@ class V3Lock:
         except EtcdError as e:
             if e.status != 404:  # 404: the lease had expired already
                 raise
+
+
+def _b64_text(base64, text):
+    """A value as etcd's gateway gives it (base64), as text; never raises:
+    it names holders in messages."""
+    try:
+        return base64.b64decode(text).decode("utf-8", "replace")
+    except (TypeError, ValueError):
+        return "(not base64: %r)" % _cut(str(text), 40)
 
 
 def _int(text):

@@ -46,9 +46,23 @@ def partition(tmp_path, minutes, seed, flavour, api, lock_ttl=4):
     report_path = tmp_path / "report.json"
     argv = [PARTITION, "--minutes", str(minutes), "--seed", str(seed), "--flavour", flavour,
             "--api", api, "--lock-ttl", str(lock_ttl), "--json", str(report_path)]
-    done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, timeout=minutes * 60 + 240)
-    output = done.stdout.decode(errors="replace")
+    # On a timeout (or Ctrl-C) the tool gets SIGTERM and time to take its
+    # namespaces and etcd members down; SIGKILL would leave them behind.
+    with open(str(tmp_path / "output"), "w+b") as out:
+        done = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT)
+        try:
+            done.wait(minutes * 60 + 240)
+        finally:
+            if done.poll() is None:
+                done.terminate()
+                try:
+                    done.wait(60)
+                except subprocess.TimeoutExpired:
+                    done.kill()
+                    done.wait()
+        out.seek(0)
+        output = out.read().decode(errors="replace")
     assert report_path.exists(), output
     report = json.loads(report_path.read_text())
     assert report["overlaps"] == [], output

@@ -384,3 +384,20 @@ def test_the_real_answers_take_the_lock():
         assert lock.acquire(deadline) > time.monotonic()
         assert lock.refresh(deadline) > time.monotonic()
         lock.release(deadline)
+
+
+
+def test_json_nested_too_deep_is_no_answer_of_etcd():
+    """Deep nesting under the size cap makes json raise RecursionError:
+    still an answer etcd would not give, not an internal error."""
+    deep = b"[" * 400000 + b"]" * 400000
+    try:
+        helper.Response(200, {}, deep, "http://127.0.0.1:1").json()
+    except helper.TransportError:
+        return
+    raise AssertionError("no TransportError")
+
+
+def test_a_value_that_is_not_base64_still_names_a_holder():
+    import base64
+    assert "not base64" in helper._b64_text(base64, "abc")  # bad padding
