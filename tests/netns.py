@@ -41,6 +41,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 HELPER = os.path.join(ROOT, "ctdb_etcd_lock.py")
 sys.path.insert(0, HERE)
+from etcdmember import wait_for  # noqa: E402
 
 MEMBERS = ("m0", "m1", "m2")
 NODES = ("n0", "n1", "n2")
@@ -458,7 +459,7 @@ class Run:
                         for name in MEMBERS]
         for member in self.members:
             member.launch()
-        wait_until(lambda: all(m.healthy() for m in self.members), 60,
+        wait_for(lambda: all(m.healthy() for m in self.members), 60,
                    "the three etcd members to be healthy")
         for i, node in enumerate(NODES):
             self.start_agent(i, node)
@@ -532,7 +533,7 @@ class Run:
     def nemesis(self):
         """Faults at random, one at a time, healed before the next."""
         ttl = self.args.lock_ttl
-        wait_until(lambda: self.holder()[0] or None, 60, "a first holder")
+        wait_for(lambda: self.holder()[0] or None, 60, "a first holder")
         self.event("nemesis_start")
         end = time.monotonic() + self.args.minutes * 60
         deck = []
@@ -626,7 +627,7 @@ class Run:
             if not member.running():
                 member.launch()
                 self.network.member_down(member.name, False)
-                wait_until(lambda: not member.running() or member.healthy(), 30,
+                wait_for(lambda: not member.running() or member.healthy(), 30,
                            "etcd member %s to rejoin" % member.name)
                 if not member.running():
                     raise RuntimeError("etcd member %s would not start again; see %s"
@@ -646,17 +647,6 @@ def is_helper(pid):
             return HELPER.encode() in f.read()
     except OSError:
         return False
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError("timed out after %ds waiting for %s" % (timeout, what))
-        time.sleep(0.1)
 
 
 # ---------------------------------------------------------------------------
@@ -957,7 +947,7 @@ def run_in_netns(args):
         sys.stderr.write("partition: interrupted; cleaning up\n")
         the_run.interrupted = True
         return 130
-    except RuntimeError as e:
+    except (RuntimeError, AssertionError) as e:  # AssertionError: wait_for timed out
         sys.stderr.write("partition: %s\n" % e)
         return 2
     finally:

@@ -43,6 +43,30 @@ def running_out(etcd, api, key):
              "the holder's lock to run down to about 2 s")
 
 
+def dead_holder(etcd, key):
+    """A v3 holder that never refreshes again: its key, on a lease nobody
+    keeps alive, runs out to 1 s."""
+    lease = etcd.v3("/lease/grant", {"TTL": SETTINGS["lock_ttl"]})["ID"]
+    etcd.v3_put(key, "host=gone pnn=1 pid=1 id=00", lease=lease)
+    running_out(etcd, "v3", key)
+
+
+def contender_config(tmp_path, port, key):
+    config = tmp_path / "contender"
+    config.write_text("".join("%s = %s\n" % item for item in dict(
+        SETTINGS, port=port, api="v3", lock_name=key.rsplit("/", 1)[1]).items()))
+    return config
+
+
+def killed_holder(etcd, api, spawn, key):
+    """A helper that took the lock, SIGKILLed: its lock runs out to about 2 s."""
+    holder = spawn(etcd, api=api, **SETTINGS)
+    assert holder.status() == "0"
+    holder.proc.kill()
+    holder.wait()
+    running_out(etcd, api, key)
+
+
 def waiting(helper):
     wait_for(lambda: "waiting up to" in helper.stderr(), 10,
              "the contender to say it waits; stderr: %s" % helper.stderr())
@@ -60,11 +84,7 @@ def test_healthy_holder_means_1_at_once(etcd, api, spawn):
 
 
 def test_dead_holder_is_taken_at_expiry(etcd, api, spawn, key):
-    holder = spawn(etcd, api=api, **SETTINGS)
-    assert holder.status() == "0"
-    holder.proc.kill()
-    holder.wait()
-    running_out(etcd, api, key)
+    killed_holder(etcd, api, spawn, key)
     other = spawn(etcd, api=api, args=("-vv",), **SETTINGS)
     asked = time.monotonic()
     assert other.status(timeout=10) == "0", other.stderr()
@@ -95,11 +115,7 @@ def test_slow_holder_that_refreshes_means_1(etcd, api, spawn, key):
 
 @each_kind
 def test_sigterm_during_the_wait_leaves_nothing_behind(etcd, api, spawn, key):
-    holder = spawn(etcd, api=api, **SETTINGS)
-    assert holder.status() == "0"
-    holder.proc.kill()
-    holder.wait()
-    running_out(etcd, api, key)
+    killed_holder(etcd, api, spawn, key)
     other = spawn(etcd, api=api, **SETTINGS)
     waiting(other)
     signalled = time.monotonic()
@@ -114,15 +130,9 @@ def test_sigterm_during_the_wait_leaves_nothing_behind(etcd, api, spawn, key):
 
 
 def test_parent_gone_during_the_wait(etcd34, spawn, spawn_under_parent, key, tmp_path):
-    holder = spawn(etcd34, api="v3", **SETTINGS)
-    assert holder.status() == "0"
-    holder.proc.kill()
-    holder.wait()
-    running_out(etcd34, "v3", key)
-    config = tmp_path / "contender"
-    config.write_text("".join("%s = %s\n" % item for item in dict(
-        SETTINGS, port=etcd34.port, api="v3", lock_name=key.rsplit("/", 1)[1]).items()))
-    parent, pid = spawn_under_parent(config, helper_argv=[HELPER, "-v"], status=None)
+    killed_holder(etcd34, "v3", spawn, key)
+    parent, pid = spawn_under_parent(contender_config(tmp_path, etcd34.port, key),
+                                     helper_argv=[HELPER, "-v"], status=None)
     said = b""
     while b"waiting up to" not in said:  # the contender's stderr is its parent's
         ready, _, _ = select.select([parent.stderr], [], [], 10)
@@ -146,21 +156,6 @@ def test_an_original_helpers_expiring_entry(etcd34, spawn_original, spawn, key):
     assert ours.status(timeout=10) == "0", ours.stderr()
     assert "missed its refresh" in ours.stderr()
     assert ours.terminate() == 0
-
-
-def dead_holder(etcd, key):
-    """A v3 holder that never refreshes again: its key, on a lease nobody
-    keeps alive, runs out to 1 s."""
-    lease = etcd.v3("/lease/grant", {"TTL": SETTINGS["lock_ttl"]})["ID"]
-    etcd.v3_put(key, "host=gone pnn=1 pid=1 id=00", lease=lease)
-    running_out(etcd, "v3", key)
-
-
-def contender_config(tmp_path, port, key):
-    config = tmp_path / "contender"
-    config.write_text("".join("%s = %s\n" % item for item in dict(
-        SETTINGS, port=port, api="v3", lock_name=key.rsplit("/", 1)[1]).items()))
-    return config
 
 
 def test_slow_writes_do_not_hide_a_dead_holder(etcd_members, spawn, key):
