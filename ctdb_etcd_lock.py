@@ -2620,14 +2620,17 @@ class Admin:
                 return lock
         return None
 
-    def v2_lock(self):
-        """The v2 lock, or None where v2 is off."""
-        lock = V2Lock(self.transport, self.config, None, self.log)
+    def look(self, api):
+        """(the holder, the queue behind it) of the lock in api; None where
+        etcd does not serve api."""
+        if api == "v3":
+            lock = self.v3_lock()
+            return None if lock is None else (lock.holding(self.deadline()), [])
         try:
-            lock.holding(self.deadline())
+            queue = V2Lock(self.transport, self.config, None, self.log).queue(self.deadline())
         except ApiNotServed:
             return None
-        return lock
+        return (queue[0], queue[1:]) if queue else (None, [])
 
 
 def status(config, log, as_json, out):
@@ -2638,19 +2641,15 @@ def status(config, log, as_json, out):
     admin.say("lock %s" % config.lock_key)
     apis = ("v3", "v2") if config.api == "auto" else (config.api,)
     for api in apis:
-        lock = admin.v3_lock() if api == "v3" else admin.v2_lock()
-        if lock is None:
+        looked = admin.look(api)
+        if looked is None:
             if config.api != "auto":
                 raise ApiNotServed("%s does not serve the %s API; check api in %s" % (
                     admin.transport.endpoint, api, config.file))
             admin.say("%s  not served by this etcd" % api)
             report["apis"][api] = {"served": False}
             continue
-        if api == "v3":
-            holding, queue = lock.holding(admin.deadline()), []
-        else:
-            queue = lock.queue(admin.deadline())
-            holding, queue = (queue[0], queue[1:]) if queue else (None, [])
+        holding, queue = looked
         report["apis"][api] = dict(_holding_json(holding, api) or {"holder": None},
                                    served=True, queue=[_holding_json(h, api) for h in queue])
         if holding is None:
