@@ -376,3 +376,32 @@ def own_testparm(tmp_path, stubs, name, body):
     script.write_text("#!/bin/sh\n" + body)
     script.chmod(0o755)
     return str(bindir) + os.pathsep + stubs
+
+
+# ---------------------------------------------------------------------------
+# Two holders: when a holder's stdout closed, against when another said '0'
+
+def eof_clock(helper, timeout):
+    """A thread notes when the helper's stdout reaches EOF (after its '0'):
+    a list that holds that time once it comes."""
+    import threading
+    when = []
+
+    def note():
+        if helper.eof(timeout):
+            when.append(time.monotonic())
+    threading.Thread(target=note, daemon=True).start()
+    return when
+
+
+def next_holder(spawn, timeout, **settings):
+    """Contenders one after another (no handover wait) until one says '0':
+    (the time it said so, that helper)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        other = spawn(args=(), **dict(settings, handover_wait=0))
+        if other.status(timeout=15) == "0":
+            return time.monotonic(), other
+        other.wait()
+        other.close()
+    raise AssertionError("nobody took the lock within %.1fs" % timeout)

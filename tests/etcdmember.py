@@ -271,11 +271,13 @@ class ClusterMember(Etcd):
     cluster is made, so it can be stopped (or killed) and started again."""
 
     def __init__(self, binary, v2, workdir, name, port, peer_port, initial_cluster, token,
-                 heartbeat_ms, election_ms):
+                 heartbeat_ms, election_ms, advertised_peer_port=None):
         Etcd.__init__(self, binary, v2, workdir)
         self.name = name
         self.port = port
         self.peer_port = peer_port
+        # Where the peers reach it: a proxy's port, or its own.
+        self.advertised_peer_port = advertised_peer_port or peer_port
         self.initial_cluster = initial_cluster
         self.token = token
         self.heartbeat_ms = heartbeat_ms
@@ -291,7 +293,8 @@ class ClusterMember(Etcd):
                 "--data-dir", os.path.join(self.workdir, "data"),
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", self.peer_url,
-                "--initial-advertise-peer-urls", self.peer_url,
+                "--initial-advertise-peer-urls",
+                "http://127.0.0.1:%d" % self.advertised_peer_port,
                 "--initial-cluster", self.initial_cluster,
                 "--initial-cluster-state", "new",
                 "--initial-cluster-token", self.token,
@@ -423,26 +426,37 @@ class Cluster(Client):
         return "<%s cluster %s>" % (self.flavour, self.members)
 
 
-def start_cluster(flavour, workdir, size=3, v2=None, heartbeat_ms=50, election_ms=500):
+def start_cluster(flavour, workdir, size=3, v2=None, heartbeat_ms=50, election_ms=500,
+                  peer_proxies=None):
     """A new cluster of `size` members of one flavour, each on free loopback
     ports with a data dir of its own under workdir; returns once every
     member is healthy (a leader elected), usually within a second.  Stop
     it with Cluster.stop().
+
+    ``v2``: whether the members serve v2 (the flavour's default), or a list
+    of that for each member.  ``peer_proxies``: {member index: start(port)},
+    where start returns a proxy (with a ``port``) before that member's peer
+    port, which the member advertises instead of its own.
 
     The election timeout is half etcd's default (1000 ms): the tests hold
     3-second locks, and a leader's loss must be over well within one."""
     suite, default_v2 = FLAVOURS[flavour]
     binary = fetch_etcd.etcd_binary(suite)
     v2 = default_v2 if v2 is None else v2
+    serves_v2 = v2 if isinstance(v2, (list, tuple)) else [v2] * size
     for attempt in range(3):
         ports = free_ports(2 * size)
         names = ["m%d" % i for i in range(size)]
-        initial = ",".join("%s=http://127.0.0.1:%d" % (name, ports[2 * i + 1])
+        advertised = [ports[2 * i + 1] for i in range(size)]
+        for index, start_proxy in (peer_proxies or {}).items():
+            advertised[index] = start_proxy(ports[2 * index + 1]).port
+        initial = ",".join("%s=http://127.0.0.1:%d" % (name, advertised[i])
                            for i, name in enumerate(names))
         token = "test-" + uuid.uuid4().hex
-        members = [ClusterMember(binary, v2, os.path.join(workdir, "try%d-%s" % (attempt, name)),
+        members = [ClusterMember(binary, serves_v2[i],
+                                 os.path.join(workdir, "try%d-%s" % (attempt, name)),
                                  name, ports[2 * i], ports[2 * i + 1], initial, token,
-                                 heartbeat_ms, election_ms)
+                                 heartbeat_ms, election_ms, advertised[i])
                    for i, name in enumerate(names)]
         cluster = Cluster(flavour, members)
         for member in members:

@@ -28,11 +28,14 @@ from etcdmember import wait_for
 class DelayProxy:
     """Listens on 127.0.0.1; forwards each connection to 127.0.0.1:port.
 
-    etcd -> client bytes go at once.  client -> etcd bytes are queued with a
-    send time (the time they were read plus ``delay`` as it is then) and go
-    in order; the client's end of stream is queued the same way (FIN_GRACE
-    later), so bytes a client sent before it went away still reach etcd,
-    late, as on a slow network.
+    client -> etcd bytes are queued with a send time (the time they were
+    read plus ``delay`` as it is then) and go in order; the client's end of
+    stream is queued the same way (FIN_GRACE later), so bytes a client sent
+    before it went away still reach etcd, late, as on a slow network.
+    etcd -> client bytes go at once, or ``back_delay`` later (in order) when
+    that is set: before a member's peer port, that is the way the member's
+    own raft messages travel to the peers that dialled it.
+    ``requests``: (time read, first bytes) of each chunk a client sent.
     """
 
     # A client's end of stream reaches etcd this long after its last bytes:
@@ -44,6 +47,8 @@ class DelayProxy:
     def __init__(self, port):
         self.port_upstream = port
         self.delay = 0.0
+        self.back_delay = 0.0
+        self.requests = []
         self.only = None  # delay only data holding these bytes (and what follows it)
         self.closed = threading.Event()
         self.listener = socket.socket()
@@ -81,10 +86,11 @@ class DelayProxy:
                     return
                 self.sockets += [client, upstream]
                 self.connections += 1
-                pending = queue.Queue()
+                pending, answers = queue.Queue(), queue.Queue()
                 self._start(self._client_reader, client, pending)
                 self._start(self._delayed_sender, upstream, pending)
-                self._start(self._upstream_reader, upstream, client)
+                self._start(self._upstream_reader, upstream, answers)
+                self._start(self._answer_sender, client, answers)
 
     def _client_reader(self, client, pending):
         while True:
@@ -92,6 +98,8 @@ class DelayProxy:
                 data = client.recv(65536)
             except OSError:
                 data = b""
+            if data:
+                self.requests.append((time.monotonic(), data[:60]))
             delay = self.delay if self.only is None or (data and self.only in data) else 0
             pending.put((time.monotonic() + delay + (0 if data else self.FIN_GRACE),
                          data or None))
@@ -114,16 +122,28 @@ class DelayProxy:
             except OSError:
                 return
 
-    def _upstream_reader(self, upstream, client):
-        # After the client is gone, keep reading (and dropping) etcd's answers
-        # until etcd closes: requests still on their way must be served.
-        client_ok = True
+    def _upstream_reader(self, upstream, answers):
         while True:
             try:
                 data = upstream.recv(65536)
             except OSError:
                 data = b""
+            answers.put((time.monotonic() + self.back_delay, data or None))
             if not data:
+                return
+
+    def _answer_sender(self, client, answers):
+        # After the client is gone, keep taking (and dropping) etcd's answers
+        # until etcd closes: requests still on their way must be served.
+        client_ok = True
+        while not self.closed.is_set():
+            try:
+                when, data = answers.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if self.closed.wait(max(0.0, when - time.monotonic())):
+                return
+            if data is None:
                 break
             if client_ok:
                 try:
@@ -134,6 +154,10 @@ class DelayProxy:
             client.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+    def sent(self, start):
+        """How many chunks the clients sent that begin with ``start``."""
+        return sum(1 for _, data in list(self.requests) if data.startswith(start))
 
     def close(self):
         with self.lock:
