@@ -964,6 +964,14 @@ def holder_value(watch):
         os.uname().nodename, pnn, os.getpid(), os.urandom(8).hex())
 
 
+def next_value(value):
+    """The holder's value for a new try at the lock (after a handover wait):
+    a new id, so that nothing a request of an earlier try left behind --
+    a POST or a put that a slow member applies late -- can pass for this
+    try's, and be timed from this try's sends."""
+    return "%s id=%s" % (value.rpartition(" id=")[0] or value, os.urandom(8).hex())
+
+
 # ---------------------------------------------------------------------------
 # Transport: HTTP/1.1 (and TLS) to etcd's members, every request bounded by a deadline.
 
@@ -1521,6 +1529,7 @@ class Transport:
         self.current = 0  # the member that answered last
         self.cluster_id = None  # as the first member to answer gave it
         self.unanswered = 0  # requests sent that went unanswered (they may act yet)
+        self.without_v2 = {}  # member index -> its answer that it serves no v2
         self._tls = None
         self._conn = None
         self._in_flight = []
@@ -1571,11 +1580,16 @@ class Transport:
                                     self.cluster_id[0]))
 
     def request(self, method, path, deadline, form=None, body=None, headers=None,
-                behind=False, secret=False):
+                behind=False, secret=False, api=None):
         """One request, sent again (on a new connection, to another member)
         when its answer is lost: every request of ours is safe to repeat.
         ``behind``: first queue it behind every request still in flight.
-        ``secret``: the body (and the answer) are never logged."""
+        ``secret``: the body (and the answer) are never logged.
+        ``api`` "v2": only to members that serve v2.  While --enable-v2 is
+        being changed, members differ, and one v2 keyspace is behind them
+        all: a member without v2 sends it to the next, and the answer that
+        v2 is not served comes back only when no member that answered
+        serves it."""
         started = self.clock()
         deadline = min(deadline, started + self.config.read_timeout)
         headers = dict(headers or {})
@@ -1593,13 +1607,17 @@ class Transport:
             if queued:
                 self.log.debug("  also queued behind %d request(s) in flight" % queued)
         members = self._members(deadline)
-        failures = []
-        for attempt in range(len(members)):
-            index = (self.current + attempt) % len(members)
+        order = [(self.current + attempt) % len(members) for attempt in range(len(members))]
+        if api == "v2":
+            order = [index for index in order if index not in self.without_v2]
+            if not order:
+                return next(iter(self.without_v2.values()))
+        failures, refusal = [], None
+        for attempt, index in enumerate(order):
             left = deadline - self.clock()
             if left <= 0 and failures:
                 break
-            share = left / (len(members) - attempt)
+            share = left / (len(order) - attempt)
             if attempt == 0:  # the member that answered last: a fair chance
                 share = max(share, min(left / 2, 0.5))
             until = self.clock() + share
@@ -1609,8 +1627,12 @@ class Transport:
                 failures.append(str(e))
                 self.unanswered += e.sent
                 continue
+            if api == "v2" and _serves_no_v2(response):
+                self.without_v2[index] = refusal = response
+                failures.append("%s does not serve v2" % response.endpoint)
+                continue
             if (response.status >= 500 or response.status in (408, 429)) \
-                    and attempt + 1 < len(members):
+                    and attempt + 1 < len(order):
                 # No leader, not ready, overloaded: another member may do.
                 # (What it was asked may still be done, as after a timeout.)
                 failures.append("%s answered HTTP %d" % (response.endpoint, response.status))
@@ -1618,6 +1640,10 @@ class Transport:
                 continue
             self.current = index
             return response
+        if refusal is not None:
+            # Those that answered serve no v2; one that did not may (a
+            # member down): we cannot know better.
+            return refusal
         if len(failures) == 1:
             raise TransportError(failures[0])
         raise TransportError("no etcd member answered in %.1fs: %s" % (
@@ -1797,8 +1823,13 @@ class Transport:
 #   release(deadline)  give it back if it is still ours (safe to call always)
 #   holding(deadline)  who holds it now (a Holding), or None; changes nothing
 #
+#   next_round(value)  a new try after a wait, under a new value
+#
 # valid_until is the monotonic time at which the lock may expire on the server
 # at the earliest: the send time of the request that set the TTL, plus the TTL.
+# A request we gave up on may still be applied later, in any order, so "the
+# request that set the TTL" must be one that no request of ours sent earlier
+# can overtake; each lock says below which send it counts from.
 # An error etcd gives with a 4xx status is about the lock itself, and final;
 # others (5xx, transport) may pass, and are retried until the deadline.
 # acquire() leaves cleaning up to release(): contention included, main()
@@ -1845,6 +1876,11 @@ def _etcd_shaped(operation):
     return checked
 
 
+def _serves_no_v2(response):
+    """etcd's answer where it serves no v2: a plain 404, not a v2 error."""
+    return response.status == 404 and b"errorCode" not in response.body
+
+
 def _final(error):
     """An etcd error about the lock itself (4xx), not one that may pass
     (5xx, 408 timeout, 429 too many requests)."""
@@ -1853,7 +1889,28 @@ def _final(error):
 
 class V2Lock:
     """The lock in etcd's v2 keys API, by the original helper's recipe: an
-    in-order entry in the lock's directory; the entry first by name holds."""
+    in-order entry in the lock's directory; the entry first by name holds.
+
+    Which send its validity counts from:
+
+    * acquire(): the first send of this try's POST.  Every entry holding
+      this try's value was queued by one of its sends (each try has a value
+      of its own), so none began its TTL earlier.
+    * refresh(): the first send of a refresh that carried the entry's
+      modifiedIndex as we last saw it.  etcd fixes a v2 expiry on the
+      member that *receives* the request (its clock, plus ttl), and the
+      leader applies it when it gets there: a follower whose link to the
+      leader is slow hands it on seconds later, after a refresh we sent
+      since.  etcd bounds neither for us: its request timeout (5 s plus two
+      election timeouts, etcdserver's ReqTimeout) ends the wait for the
+      answer, not the proposal, and a message still on its way over a peer
+      connection (rafthttp's 5 s read and write timeouts) or already in the
+      leader's log is applied all the same.  So each refresh compares our
+      value *and* that index, which every refresh moves on: of the requests
+      carrying one index, one at most is applied, and none after a later
+      one.  Validity never counts from a send that a request sent earlier
+      could still overtake.
+    """
 
     api = "v2"
 
@@ -1869,6 +1926,9 @@ class V2Lock:
         self.entry = None  # the key of our entry, once etcd named it
         self.posted = False  # an entry may be ours even before etcd named it
         self.resent = False  # a POST was sent more than once: more entries may be ours
+        self.index = None  # our entry's modifiedIndex, as last seen
+        self.index_sent = None  # the first send of a refresh that carried it
+        self.former = []  # our values of earlier tries: entries of theirs are ours to remove
         self.headers = {}
         if config.username:  # v2 authenticates every request
             import base64
@@ -1877,7 +1937,7 @@ class V2Lock:
 
     def _answer(self, response):
         """JSON of a v2 answer; ApiNotServed when v2 is switched off."""
-        if response.status == 404 and b"errorCode" not in response.body:
+        if _serves_no_v2(response):
             raise ApiNotServed("%s does not serve the v2 API at %s (etcd 3.6, or 3.4/3.5 "
                                "without --enable-v2); set api = v3 (or auto), or fix "
                                "version_prefix" % (response.endpoint,
@@ -1902,7 +1962,7 @@ class V2Lock:
     def _request(self, method, url, deadline, form=None, behind=False):
         sent = self.transport.clock()
         response = self.transport.request(method, url, deadline, form=form,
-                                          headers=self.headers, behind=behind)
+                                          headers=self.headers, behind=behind, api="v2")
         return sent, self._answer(response)
 
     def _entry_url(self):
@@ -1974,10 +2034,11 @@ class V2Lock:
         # 2. Ours holds if it is first.  Otherwise release() takes it back
         #    before anyone says '1' (the original left its entry behind,
         #    blocking everyone for a TTL).
-        entries = self._entries(deadline)
-        ours = [entry["key"] for entry in entries if entry.get("value") == self.value]
-        if ours and ours[0] != self.entry:
-            self.entry, self.resent = ours[0], True  # an earlier send got through
+        entries = self._without_former(self._entries(deadline), deadline)
+        ours = [entry for entry in entries if entry.get("value") == self.value]
+        if ours and ours[0]["key"] != self.entry:
+            # An earlier send of this POST got through: that entry counts.
+            self.entry, self.resent = ours[0]["key"], True
         first = entries[0] if entries else None
         if first is None or first["key"] != self.entry:
             if first is not None and not first.get("expiration"):
@@ -1985,31 +2046,72 @@ class V2Lock:
                                "delete it" % (first["key"], self.path))
             raise LockContended(self._holding(first) if first else
                                 Holding("(nobody: our entry expired)"), self)
-        for key in ours[1:]:  # sent twice: the others stand behind, in everyone's way
-            self._delete(key, deadline)
+        for entry in ours[1:]:  # sent twice: the others stand behind, in everyone's way
+            self._delete(entry["key"], deadline)
+        self.index, self.index_sent = _index(first), None
+        # From the first send of this try's POST, which queued every entry
+        # with its value.
         return sent + self.ttl
+
+    def _without_former(self, entries, deadline):
+        """The queue less the entries of our earlier tries, removed: a POST
+        of one we gave up on, applied late, is nobody's lock."""
+        stale = [entry for entry in entries if entry.get("value") in self.former]
+        gone = [entry for entry in stale
+                if self._delete(entry["key"], deadline, value=entry["value"])]
+        return [entry for entry in entries if entry not in gone]
 
     @_etcd_shaped
     def refresh(self, deadline):
+        if self.index_sent is None:
+            self.index_sent = self.transport.clock()
         try:
-            sent, data = self._request("PUT", self._entry_url(), deadline, {
-                "refresh": "true", "prevValue": self.value, "ttl": self.ttl})
-            if data["node"].get("value") != self.value:
+            try:
+                sent, data = self._request("PUT", self._entry_url(), deadline, {
+                    "refresh": "true", "prevValue": self.value, "prevIndex": self.index,
+                    "ttl": self.ttl})
+                node = data["node"]
+                # This one moved the entry on from the index: no request of
+                # ours sent earlier can be applied after it.
+                valid_from = sent
+            except EtcdError as e:
+                if e.code != 101:
+                    raise
+                node = self._moved_on(deadline)
+                # A refresh of ours with this index, one we gave up on, was
+                # applied: sent no earlier than the first that carried it.
+                valid_from = self.index_sent
+            if node.get("value") != self.value:
                 raise LockLost("v2 entry %s answered a refresh with another value" % self.entry)
+            self.index, self.index_sent = _index(node), None
             first = self._first_entry(deadline)
         except EtcdError as e:
             if e.code == 100:
                 raise LockLost("v2 entry %s is gone (expired or deleted)" % self.entry) from None
-            if e.code == 101:
-                raise LockLost("v2 entry %s no longer holds our value" % self.entry) from None
             if _final(e):
                 raise LockLost("refresh of v2 entry %s refused: %s" % (self.entry, e)) from None
             raise
+        except ApiNotServed as e:
+            # Members that served v2 went, or stopped serving it: as for any
+            # member failure, try again until the fence.
+            raise TransportError(str(e)) from None
         if first is None or first["key"] != self.entry:
             # python-etcd re-creates an expired entry under its old name.
             raise LockLost("v2 entry %s is no longer first: %s holds the lock" % (
                 self.entry, first.get("value") if first else "nobody"))
-        return sent + self.ttl
+        return valid_from + self.ttl
+
+    def _moved_on(self, deadline):
+        """Our entry after a refresh's compare failed: moved on by a refresh
+        of ours applied late, or lost (LockLost)."""
+        _, data = self._request("GET", self._entry_url() + "?quorum=true", deadline)
+        node = data["node"]
+        if node.get("value") != self.value:
+            raise LockLost("v2 entry %s no longer holds our value" % self.entry)
+        if _index(node) == self.index:
+            raise TransportError("%s refused a refresh whose compare holds: %r" % (
+                self.transport.endpoint, node))
+        return node
 
     @_etcd_shaped
     def release(self, deadline):
@@ -2036,12 +2138,13 @@ class V2Lock:
                     self._delete(entry["key"], deadline)
         self.entry, self.posted = None, False
 
-    def _delete(self, key, deadline, behind=False):
-        """Compare-and-delete one entry of ours."""
+    def _delete(self, key, deadline, behind=False, value=None):
+        """Compare-and-delete one entry of ours (with our value, or the
+        value of an earlier try); whether it is gone."""
         from urllib.parse import urlencode
         url = self.url + "/" + _quote(key.rsplit("/", 1)[-1])
         try:
-            self._request("DELETE", url + "?" + urlencode({"prevValue": self.value}),
+            self._request("DELETE", url + "?" + urlencode({"prevValue": value or self.value}),
                           deadline, behind=behind)
             self.log.info("gave back our v2 entry %s" % key)
         except EtcdError as e:
@@ -2049,12 +2152,27 @@ class V2Lock:
                 self.log.info("our v2 entry %s is gone already" % key)
             elif e.code == 101:
                 self.log.info("v2 entry %s holds another value now; left it alone" % key)
+                return False
             else:
                 raise
+        return True
+
+    def next_round(self, value):
+        self.former.append(self.value)
+        self.value = value
+        self.entry, self.posted, self.resent, self.index, self.index_sent = (
+            None, False, False, None, None)
 
 
 class V3Lock:
-    """The lock as a key on a lease, through etcd's v3 JSON gateway."""
+    """The lock as a key on a lease, through etcd's v3 JSON gateway.
+
+    Which send its validity counts from: the lease's grant (acquire) or the
+    keepalive that renewed it (refresh).  The leader sets a lease's expiry
+    when it grants or renews it, after that send, and a late keepalive
+    only renews; the key lives as long as the lease.  Our own put, answered
+    on a connection that broke, is adopted only on this try's lease.
+    """
 
     api = "v3"
     PREFIXES = ("/v3", "/v3beta")  # etcd 3.4+, etcd 3.3
@@ -2176,10 +2294,11 @@ class V3Lock:
         else:
             kvs = _first_range(data)
             holder = self._unb64(kvs[0].get("value", "")) if kvs else None
-            if holder != self.value:
+            if holder != self.value or kvs[0].get("lease") != self.lease:
                 raise LockContended(self._holding(kvs[0], deadline) if kvs else
                                     Holding(holder), self)
-            # Our own put, answered on a connection that broke.
+            # Our own put, answered on a connection that broke: on this
+            # try's lease, so timed from its grant all the same.
             self.revision = kvs[0].get("create_revision")
         if not self.revision:
             raise TransportError("%s answered a put without a revision: %r" % (
@@ -2259,6 +2378,9 @@ class V3Lock:
         finally:
             self._revoke(deadline)
 
+    def next_round(self, value):
+        self.value = value  # release() has given back the lease and key
+
     def _revoke(self, deadline):
         if self.lease is None:
             return
@@ -2287,6 +2409,15 @@ def _int(text):
         return 0
 
 
+def _index(node):
+    """A v2 node's modifiedIndex (an answer without one is none of etcd's)."""
+    index = node.get("modifiedIndex")
+    if not isinstance(index, int) or isinstance(index, bool) or index <= 0:
+        raise TransportError("etcd answered with a v2 node without a modifiedIndex: %s"
+                             % _cut(repr(node), 120))
+    return index
+
+
 def _first_range(txn):
     for answer in txn.get("responses") or []:
         kvs = answer.get("response_range", {}).get("kvs")
@@ -2309,6 +2440,14 @@ class LockSet:
         self.held = []
         self.log = log
         self.api = "+".join(lock.api for lock in locks)
+
+    @property
+    def value(self):
+        return self.candidates[0].value
+
+    def next_round(self, value):
+        for lock in self.candidates:
+            lock.next_round(value)
 
     def acquire(self, deadline):
         valid_until = []
@@ -2401,6 +2540,7 @@ def take(lock, config, log, watch, handover_wait):
         except EtcdLockError:
             raise contended from None  # '1' as ever; run() tries once more
         _wait_for_expiry(contended, config, log, watch, give_up)
+        lock.next_round(next_value(lock.value))
 
 
 def _missed_refresh(holding, config):
@@ -2696,6 +2836,7 @@ def check(config, log, as_json, out):
         judge("members", "error", str(e))
         members = []
     answered, clusters, serves = 0, {}, {"v2": False, "v3": False}
+    v2_served = {True: [], False: []}
     for index, (endpoint, _) in enumerate(members):
         about = {"endpoint": endpoint.url}
         try:
@@ -2711,11 +2852,12 @@ def check(config, log, as_json, out):
             response = transport.ask(index, "GET", config.version_prefix + "/keys/",
                                      admin.deadline(), headers=V2Lock(
                                          transport, config, None, log).headers)
-            about["v2"] = response.status != 404 or b"errorCode" in response.body
+            about["v2"] = not _serves_no_v2(response)
         except (TransportError, EtcdError) as e:
             judge("member", "warning", "%s: %s" % (endpoint.url, e), member=about)
             continue
         answered += 1
+        v2_served[about["v2"]].append(endpoint.url)
         serves["v2"] |= about["v2"]
         serves["v3"] |= about["v3"]
         judge("member", "ok", "%s: etcd %s, cluster %s, v3 %s, v2 %s%s" % (
@@ -2726,6 +2868,12 @@ def check(config, log, as_json, out):
     if members and not answered:
         judge("members", "error", "no member answered; check the members in %s"
               % config.file)
+    if v2_served[True] and v2_served[False]:
+        # One v2 keyspace behind them all, reached only through some: a
+        # helper that asks the others cannot see a v2 lock held there.
+        judge("api", "error", "the members disagree on v2: served by %s, not by %s; serve "
+              "it on every member or on none (etcd's --enable-v2)" % (
+                  ", ".join(v2_served[True]), ", ".join(v2_served[False])))
     elif members:
         expected = config.expected_cluster_id
         if len(clusters) > 1:
@@ -3003,7 +3151,7 @@ def run(argv, log, status, watch):
         holder = Holder(lock, config, log, watch, valid_until)
         holder.arm_backstop()  # from '0' on, nothing may block unguarded
         status.write(STATUS_HELD)
-        log.info("took lock %s (%s) as %s" % (config.lock_key, lock.api, value))
+        log.info("took lock %s (%s) as %s" % (config.lock_key, lock.api, lock.value))
         holder.hold()
     except ConfigError as e:
         watch.leave()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import HELPER, alive
+from conftest import HELPER, alive, eof_clock, next_holder
 from etcdmember import wait_for
 from test_network import DelayProxy
 
@@ -200,3 +200,31 @@ def test_no_wait_at_the_end_of_a_recovery(etcd_members, spawn_under_parent, key,
     parent, pid = spawn_under_parent(contender_config(tmp_path, etcd.port, key),
                                      status=None, comm="ctdb_recoverd")
     assert parent.stdout.read(1) == b"0"
+
+
+def test_an_entry_our_earlier_round_left_is_not_adopted(etcd34, spawn, key):
+    """Issue 14, item 1.  The contender's first POST goes to a slow path and
+    lands late, while the contender waits out a dying holder with a later
+    entry of its own given back.  The late entry must not become the lock,
+    timed from a later send: cut off from etcd, the contender would then
+    believe in it after it expired, and another node would hold as well."""
+    slow, fast = DelayProxy(etcd34.port), DelayProxy(etcd34.port)
+    try:
+        slow.delay, slow.only = 4.5, b"POST"  # longer than its share of the deadline
+        etcd34.v2("POST", key, value="host=gone pnn=1 pid=1 id=00", ttl=7)
+        settings = dict(api="v2", lock_ttl=9, refresh=2, handover_wait=4)
+        contender = spawn(host="127.0.0.1:%d, 127.0.0.1:%d" % (slow.port, fast.port),
+                          port=None, args=("-vv",), **settings)
+        assert contender.status(timeout=20) == "0", contender.stderr()
+        assert "waiting up to" in contender.stderr()
+        slow.delay = fast.delay = 60  # now cut off from etcd
+        slow.only = None
+        closed = eof_clock(contender, 20)
+        taken, other = next_holder(spawn, 20, etcd=etcd34, **settings)
+        wait_for(lambda: closed, 20, "the contender to give the lock up")
+        assert closed[0] <= taken, (
+            "another helper said '0' %.2fs before the contender's stdout closed; "
+            "stderr: %s" % (closed[0] - taken, contender.stderr()))
+    finally:
+        slow.close()
+        fast.close()

@@ -1,0 +1,122 @@
+"""The v2 lock across the members of a real cluster: a refresh that a slow
+member hands to the leader late, and members that disagree on serving v2
+(as during a rolling change of --enable-v2)."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import HELPER, eof_clock, next_holder
+from etcdmember import start_cluster, wait_for
+from test_network import DelayProxy
+
+
+@pytest.fixture
+def proxies():
+    made = []
+
+    def start(port):
+        proxy = DelayProxy(port)
+        made.append(proxy)
+        return proxy
+    yield start
+    for proxy in made:
+        proxy.close()
+
+
+@pytest.fixture
+def slow_follower_cluster(tmp_path, proxies):
+    """Three etcd 3.4 members serving v2; member 1's own raft messages go
+    through a proxy that can hold them back (its peers dialled it there)."""
+    peer = {}
+
+    def start(port):
+        peer["proxy"] = proxies(port)
+        return peer["proxy"]
+    cluster = start_cluster("etcd34", str(tmp_path / "cluster"), peer_proxies={1: start})
+    try:
+        leader = cluster.leader()
+        slow = cluster.members[1]
+        if leader is slow:  # it must be a follower: hand the lead to member 0
+            target = cluster.members[0]
+            target.is_leader()
+            slow.http("POST", "/v3/maintenance/transfer-leadership",
+                      json.dumps({"targetID": target.member_id}).encode(),
+                      {"Content-Type": "application/json"})
+            wait_for(lambda: target.is_leader(), 10, "member 0 to lead")
+        yield cluster, slow, peer["proxy"]
+    finally:
+        cluster.stop()
+
+
+def test_a_refresh_applied_late_does_not_shorten_the_lock(slow_follower_cluster, proxies,
+                                                          spawn, key):
+    """Issue 14, item 2.  A refresh reaches a follower whose link to the
+    leader is slow; the holder sends it again elsewhere, and refreshes once
+    more; then the held-back refresh is applied, setting the entry's expiry
+    from the follower's clock when it came, a refresh interval earlier.
+    Cut off from etcd then, the holder must still give the lock up before
+    the entry expires and a v2 contender takes it.  (api = auto refreshes
+    the same v2 entry in the same way; here its v3 read, which the slow
+    member cannot answer either, already sends it to another member.)"""
+    cluster, slow, peer_proxy = slow_follower_cluster
+    leader = cluster.leader()
+    to_slow, to_leader = proxies(slow.port), proxies(leader.port)
+    settings = dict(lock_ttl=9, refresh=3)
+    holder = spawn(host="127.0.0.1:%d, 127.0.0.1:%d" % (to_slow.port, to_leader.port),
+                   port=None, api="v2", args=("-vv",), **settings)
+    assert holder.status() == "0", holder.stderr()
+    wait_for(lambda: to_slow.sent(b"PUT") >= 1, 10, "a first refresh")
+    peer_proxy.back_delay = 3.5  # the slow member's proposals reach the leader late
+    # The refresh after next goes to the leader's path, and so does the one after it.
+    wait_for(lambda: to_leader.sent(b"PUT") >= 2, 15,
+             "two refreshes through the leader; stderr: %s" % holder.stderr())
+    to_slow.delay = to_leader.delay = 60  # now cut off from etcd
+    closed = eof_clock(holder, 20)
+    taken, other = next_holder(spawn, 20, host="127.0.0.1:%d" % leader.port, port=None,
+                               api="v2", **settings)
+    wait_for(lambda: closed, 20, "the holder to give the lock up")
+    assert closed[0] <= taken, (
+        "a v2 contender said '0' %.2fs before the holder's stdout closed; stderr: %s"
+        % (closed[0] - taken, holder.stderr()))
+
+
+@pytest.fixture(scope="module")
+def mixed_v2_cluster(tmp_path_factory):
+    """Three etcd 3.4 members of which only member 0 serves v2."""
+    cluster = start_cluster("etcd34", str(tmp_path_factory.mktemp("mixed")),
+                            v2=[True, False, False])
+    yield cluster
+    cluster.stop()
+
+
+@pytest.mark.parametrize("first", ["auto", "v2"])
+def test_members_that_disagree_on_v2_still_exclude(mixed_v2_cluster, spawn, first):
+    """Issue 14, item 4.  An auto helper whose first members serve no v2
+    still takes the v2 lock through the one that does, so a v2-only helper
+    (the original's kind) and it never both hold."""
+    cluster = mixed_v2_cluster
+    by_api = {"auto": cluster.hosts(cluster.members[1:] + cluster.members[:1]),
+              "v2": cluster.hosts(cluster.members[:1])}
+    second = "v2" if first == "auto" else "auto"
+    holder = spawn(host=by_api[first], port=None, api=first)
+    assert holder.status() == "0", holder.stderr()
+    other = spawn(host=by_api[second], port=None, api=second)
+    assert other.status() == "1", other.stderr()
+    assert other.wait() == 1
+    assert holder.terminate() == 0
+
+
+def test_check_reports_members_that_disagree_on_v2(mixed_v2_cluster, tmp_path, lock_name):
+    cluster = mixed_v2_cluster
+    config = tmp_path / "etcd"
+    config.write_text("host = %s\nlock_name = %s\n" % (cluster.hosts(), lock_name))
+    done = subprocess.run([HELPER, "--check", "-c", str(config)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=30)
+    out = done.stdout.decode()
+    assert done.returncode == 3, out
+    [line] = [line for line in out.splitlines() if "disagree" in line]
+    assert line.split()[1] == "error"
+    for member in cluster.members:
+        assert member.url in line
