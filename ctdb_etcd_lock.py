@@ -57,7 +57,11 @@ the release behind any refresh still in flight, which would extend the lock.
 Several members.  Each request goes to the member that answered last and
 fails over to the next on a connection error, a timeout or a 5xx answer,
 each try with a fair share of the same deadline; every request is safe to
-send twice.  TLS and authentication live inside the same transport.
+send twice.  TLS and authentication live inside the same transport.  No
+'0' before the lock's cluster is confirmed: every answer carries
+expected_cluster_id, or else more than half of the listed members answered
+with the lock's cluster id; members not heard from are asked again while
+holding, and one of another cluster ends the hold.
 
 Handover.  A contender that finds the holder's lock running out (it missed
 its refreshes: dead, paused or cut off) waits up to handover_wait for it to
@@ -1519,6 +1523,8 @@ class Transport:
     """
 
     IN_FLIGHT = 4  # connections kept aside; an older one is closed
+    FIRST_LOOK = 0.5  # seconds: the first ask of each member not heard from, at most
+    LEAST_ASK = 0.05  # seconds: while holding, no ask with less time than this left
 
     def __init__(self, config, log, watch, clock=time.monotonic):
         self.config = config
@@ -1528,6 +1534,9 @@ class Transport:
         self.members = None  # [[endpoint, addresses or None]], once known
         self.current = 0  # the member that answered last
         self.cluster_id = None  # as the first member to answer gave it
+        self.agreeing = set()  # members (URLs) that answered with that cluster id
+        self.not_heard = {}  # member URL -> why it has not answered (for messages)
+        self._next_ask = 0  # asks of members not heard from go round the list
         self.unanswered = 0  # requests sent that went unanswered (they may act yet)
         self.without_v2 = {}  # member index -> its answer that it serves no v2
         self._tls = None
@@ -1578,6 +1587,120 @@ class Transport:
                                 "list the members of one cluster only" % (
                                     endpoint, cluster_id, self.cluster_id[1],
                                     self.cluster_id[0]))
+        self.agreeing.add(endpoint)
+        self.not_heard.pop(endpoint, None)
+
+    def confirmed(self):
+        """Whether there is reason to believe that the member the lock was
+        taken through belongs to the cluster the config means: every answer
+        matched expected_cluster_id, or more than half of the listed members
+        answered with its cluster id.  Two nodes that list the same members
+        can then never hold in two clusters: two majorities of one list
+        share a member.  (The cluster's own member list would not do: a
+        stray member vouches for itself.)"""
+        if len(self.members) == 1:
+            return True  # the member the lock was taken through
+        if self.config.expected_cluster_id:
+            return self.cluster_id is not None
+        return 2 * len(self.agreeing) > len(self.members)
+
+    def _unheard(self):
+        # Not the member asked now: each of its answers is checked anyway.
+        return [index for index, (endpoint, _) in enumerate(self.members)
+                if endpoint.url not in self.agreeing and index != self.current]
+
+    def confirm_cluster(self, deadline):
+        """Return once confirmed(), asking the members not heard from yet,
+        each with a fair share of what is left (a first look of at most
+        FIRST_LOOK each, so that one paused member does not eat the time of
+        the others), again and again until the deadline.  EtcdLockError when
+        a member answers with another cluster id, or when the deadline comes
+        first.  When every member answers, this costs one request."""
+        first = True
+        while not self.confirmed():
+            unheard = self._unheard()
+            if not unheard or self.clock() >= deadline:
+                raise self._unconfirmed()
+            for tried, index in enumerate(unheard):
+                share = (deadline - self.clock()) / (len(unheard) - tried)
+                if first:
+                    share = min(share, self.FIRST_LOOK)
+                self.ask_cluster(index, self.clock() + share)
+                if self.confirmed():
+                    return
+            first = False
+            # Refused at once, say: not a busy loop.
+            self.watch.sleep(max(min(self.FIRST_LOOK / 5, deadline - self.clock()), 0))
+
+    def _unconfirmed(self):
+        heard = sorted(self.agreeing)
+        not_heard = ["%s (%s)" % (endpoint.url, self.not_heard.get(endpoint.url, "not asked"))
+                     for index, (endpoint, _) in enumerate(self.members)
+                     if endpoint.url not in self.agreeing]
+        return EtcdLockError(
+            "cannot confirm that etcd at %s belongs to the cluster that %s means: %d of "
+            "the %d members listed answered with cluster %s (%s), not heard: %s; more "
+            "than half must, unless expected_cluster_id is set: list every member of the "
+            "cluster, or set expected_cluster_id (ctdb_etcd_lock --check prints it)" % (
+                self.endpoint, self.config.file, len(heard), len(self.members),
+                self.cluster_id[0] if self.cluster_id else "?", ", ".join(heard) or "none",
+                ", ".join(not_heard) or "none"))
+
+    def ask_unheard(self, deadline):
+        """While holding: ask the next member not heard from yet (round the
+        list), if there is one and time before the deadline.  True if asked."""
+        unheard = [index for index in self._unheard() if self.members[index][1] is not None]
+        if not unheard or deadline - self.clock() < self.LEAST_ASK:
+            return False
+        index = min(unheard, key=lambda i: (i - self._next_ask) % len(self.members))
+        self._next_ask = index + 1
+        self.ask_cluster(index, deadline)
+        return True
+
+    def ask_cluster(self, index, deadline):
+        """Ask one member which cluster it belongs to (v3 maintenance/status,
+        which wants no credentials), on a connection of its own: the lock's
+        stays as it is.  The answer goes through check_cluster, so that a
+        member of another cluster raises.  False if none came in time."""
+        import json
+        endpoint, addresses = self.members[index]
+        if addresses is None:
+            self.not_heard[endpoint.url] = "its name did not resolve"
+            return False
+        why = "no answer"
+        for prefix in ("/v3", "/v3beta"):  # etcd 3.4 and later, etcd 3.3
+            conn = None
+            try:
+                conn = Connection(endpoint, addresses, deadline, self.clock, self.watch,
+                                  self._tls_context() if endpoint.scheme == "https" else None)
+                status, headers, body, _ = conn.exchange(Connection.encode(
+                    "POST", endpoint.netloc, prefix + "/maintenance/status",
+                    {"Content-Type": "application/json"}, b"{}"), deadline)
+            except _NoTime:
+                why = "no answer in time"
+                break
+            except (_Closed, ValueError, OSError) as e:
+                why = getattr(e, "strerror", None) or str(e) or "connection closed"
+                break
+            finally:
+                if conn is not None:
+                    conn.close()
+            cluster_id = headers.get("x-etcd-cluster-id")
+            if not cluster_id and status == 200:
+                try:
+                    cluster_id = _int(json.loads(body.decode())["header"]["cluster_id"])
+                except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
+                    pass
+                cluster_id = format(cluster_id, "x") if cluster_id else None
+            if cluster_id:
+                self.check_cluster(cluster_id, endpoint.url)
+                return True
+            why = "HTTP %d without a cluster id" % status
+            if status != 404:
+                break
+        self.not_heard[endpoint.url] = why
+        self.log.debug("no cluster id from %s: %s" % (endpoint.url, why))
+        return False
 
     def request(self, method, path, deadline, form=None, body=None, headers=None,
                 behind=False, secret=False, api=None):
@@ -1671,24 +1794,6 @@ class Transport:
             return self._ask(index, method, path, headers, body, deadline, False)
         except _MemberFailed as e:
             raise TransportError(str(e)) from None
-
-    def check_members(self, deadline):
-        """Ask every other member which cluster it belongs to.  A member of
-        another cluster, listed by mistake, could give a node a lock of its
-        own while the others hold the real one.  A member that does not
-        answer by the deadline is merely down, and skipped."""
-        import json
-        others = [index for index in range(len(self.members or ())) if index != self.current]
-        for tried, index in enumerate(others):
-            until = self.clock() + (deadline - self.clock()) / (len(others) - tried)
-            try:
-                response = self._ask(index, "POST", "/v3/maintenance/status",
-                                     {"Content-Type": "application/json"}, b"{}", until, False)
-                cluster_id = json.loads(response.body.decode()).get("header", {})["cluster_id"]
-            except (_MemberFailed, ValueError, KeyError, AttributeError, TypeError,
-                    RecursionError):
-                continue
-            self.check_cluster(format(_int(cluster_id), "x"), response.endpoint)
 
     def _ask(self, index, method, path, headers, body, deadline, secret):
         """One member's answer, or _MemberFailed."""
@@ -2502,6 +2607,7 @@ def make_lock(config, transport, value, log):
 # those out, rather than saying '1', saves the cluster a whole round.
 
 HANDOVER_POLL = 0.25  # seconds between looks at an expiring holder
+CONFIRM_WAIT = 4.0  # seconds, at most, for a majority of the members (Transport.confirmed)
 EXPIRY_LAG = 0.5  # etcd removes what expired within about this much
 
 
@@ -2597,6 +2703,8 @@ def _wait_for_expiry(contended, config, log, watch, give_up):
 class Holder:
     """Holds an acquired lock: refreshes it and fences itself."""
 
+    ASKS_PER_ROUND = 2  # members not heard from, asked between two refreshes
+
     def __init__(self, lock, config, log, watch, valid_until, clock=time.monotonic):
         self.lock = lock
         self.config = config
@@ -2620,6 +2728,7 @@ class Holder:
         # Count from the send time of what set the TTL, not from now.
         next_refresh = self.valid_until - self.config.lock_ttl + self.config.refresh
         failures, last_error = 0, None
+        asks = 0  # members not heard from yet, asked per round
         while True:
             now = self.clock()
             if now >= self.fence_at:
@@ -2629,9 +2738,20 @@ class Holder:
                                    now - (self.valid_until - self.config.lock_ttl),
                                    last_error or "etcd did not answer"), fenced=True)
             if now < next_refresh:
+                if asks:
+                    # A member listed and not heard from may be of another
+                    # cluster: ask, only with time left before the refresh.
+                    asks -= 1
+                    try:
+                        if self.lock.transport.ask_unheard(min(next_refresh, self.fence_at)):
+                            continue
+                    except EtcdLockError as e:
+                        raise LockLost(str(e)) from None
+                    asks = 0
                 self.watch.sleep(min(next_refresh, self.fence_at) - now)
                 continue
             next_refresh = now + self.config.refresh
+            asks = self.ASKS_PER_ROUND
             # Leave time for another try on a new connection.
             attempt_deadline = min(self.fence_at,
                                    now + max(self.config.refresh, (self.fence_at - now) / 2))
@@ -2884,10 +3004,22 @@ def check(config, log, as_json, out):
             judge("cluster", "error", "the members belong to cluster %s, not "
                   "expected_cluster_id %s" % (next(iter(clusters)), expected))
         else:
-            judge("cluster", "ok" if answered == len(members) else "warning",
-                  "%d of %d members answered%s" % (
+            # The helper wants a majority of the listed members in the lock's
+            # cluster, unless expected_cluster_id is set (Transport.confirmed).
+            majority = expected or len(members) == 1 or 2 * answered > len(members)
+            judge("cluster", "ok" if answered == len(members) else
+                  "warning" if majority else "error",
+                  "%d of %d members answered%s%s" % (
                       answered, len(members), ", all in cluster %s" % next(iter(clusters))
-                      if clusters else ""))
+                      if clusters else "", "" if majority else
+                      ": the helper needs more than half of the listed members to answer; "
+                      "list every member of the cluster, or set expected_cluster_id"))
+            if len(members) > 1 and not expected and len(clusters) == 1:
+                judge("cluster", "warning", "expected_cluster_id is not set: set "
+                      "expected_cluster_id = %s in %s, so that a member of another cluster "
+                      "listed by mistake is refused at once, and taking the lock does not "
+                      "need a majority of the listed members" % (next(iter(clusters)),
+                                                                 config.file))
 
     # The lock's APIs, with the credentials configured.
     if answered:
@@ -3145,7 +3277,10 @@ def run(argv, log, status, watch):
         # '1' at once; elections are its recovery daemon's (ctdb_recoverd).
         valid_until = take(lock, config, log, watch, 0 if _comm(watch.ppid) == "ctdbd"
                            else config.handover_wait)
-        lock.transport.check_members(min(time.monotonic() + 0.5, valid_until))
+        # No '0' before the lock's cluster is confirmed: the lock stays
+        # valid meanwhile, and the wait ends well before its fence.
+        fence, now = valid_until - config.lock_ttl * FENCE_SHARE, time.monotonic()
+        lock.transport.confirm_cluster(now + min((fence - now) / 2, CONFIRM_WAIT))
         if time.monotonic() >= valid_until - config.lock_ttl * FENCE_SHARE:
             raise TransportError("etcd answered too late to trust the lock")
         holder = Holder(lock, config, log, watch, valid_until)

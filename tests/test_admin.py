@@ -142,11 +142,20 @@ def test_check_v3_while_the_original_runs(etcd34, admin, spawn_original):
 
 
 def test_check_members_down(etcd34, admin):
-    code, out, _ = admin("--check", host="127.0.0.1:%d, 127.0.0.1:%d" % (
-        etcd34.port, free_port()))
+    hosts = "127.0.0.1:%d, 127.0.0.1:%d" % (etcd34.port, free_port())
+    # Without expected_cluster_id the helper wants a majority of the listed
+    # members to confirm the cluster: one of two is not.
+    code, out, _ = admin("--check", host=hosts)
+    assert code == 3, out
+    assert [line.split()[1] for line in lines(out, "member")] == ["ok", "warning"]
+    assert lines(out, "cluster")[0].split()[1] == "error", out
+    assert "1 of 2 members answered" in lines(out, "cluster")[0]
+    assert "expected_cluster_id = %s" % etcd34.cluster_id() in lines(out, "cluster")[1]
+    code, out, _ = admin("--check", host=hosts, expected_cluster_id=etcd34.cluster_id())
     assert code == 0, out  # the helper fails over: a warning, not a problem
     assert [line.split()[1] for line in lines(out, "member")] == ["ok", "warning"]
-    assert "1 of 2 members answered" in lines(out, "cluster")[0]
+    assert lines(out, "cluster") == [
+        "cluster  warning 1 of 2 members answered, all in cluster %s" % etcd34.cluster_id()]
     code, out, _ = admin("--check", port=free_port())
     assert code == 3 and "no member answered" in lines(out, "members")[0]
 

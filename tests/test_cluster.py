@@ -2,20 +2,26 @@
 list or python-etcd's tuples, endpoints), and failover while holding: a
 member killed, paused or dead from the start never costs the lock while a
 quorum answers; a lost quorum does, before lock_ttl; a member of another
-cluster is an error.
+cluster is an error, and so is one that answers only once the lock is held;
+without expected_cluster_id, a majority of the listed members must confirm
+the cluster before '0'.
 
 Tests that break members get a cluster of their own (own_cluster) and run
 one holder per api of the flavour side by side, each on its own lock, so
 every api sees the same failure at the same cost; the others share one
 cluster per flavour (cluster) and run once per api."""
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
-from conftest import held_apis
-from etcdmember import FLAVOURS, start_cluster, wait_for
+from conftest import HELPER, held_apis, helper_env, write_config
+from etcdmember import FLAVOURS, free_port, start_cluster, wait_for
+from test_network import DelayProxy
 
 TTL, REFRESH = 3, 1
 SETTINGS = {"lock_ttl": TTL, "refresh": REFRESH}
@@ -332,3 +338,99 @@ def test_foreign_member_met_on_failover_is_an_error(own_cluster, etcd_members, s
     first.kill()
     for api, helper in helpers.items():
         cluster_error(helper, api, TTL + 0.5)
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_stray_member_and_the_cluster_out_of_reach_at_start(clusters, etcd_members, spawn, api):
+    # Node 1 lists [X, A]: X a stray one-member etcd listed by mistake, A
+    # the real cluster, whose answers reach node 1 0.7 s late as it starts;
+    # node 2 lists A, and holds.  Node 1 would take the lock on X: it must
+    # not say '0' (it says 3, naming X's cluster).
+    cluster, stray = clusters("etcd34"), etcd_members("etcd34")
+    assert stray.cluster_id() != cluster.cluster_id()
+    name = new_lock_name()
+    node2 = spawn(None, args=(), api=api, lock_name=name, host=cluster.hosts(), **SETTINGS)
+    assert node2.status() == "0", node2.stderr()
+    proxy = DelayProxy(cluster.members[0].port)
+    proxy.delay = 0.7
+    try:
+        node1 = spawn(None, args=(), api=api, lock_name=name, host="127.0.0.1:%d, "
+                      "127.0.0.1:%d" % (stray.port, proxy.port), **SETTINGS)
+        assert node1.status() == "3", node1.stderr()
+        assert node1.wait() == 3
+    finally:
+        proxy.close()
+    lines = node1.stderr_lines()
+    assert len(lines) == 1 and stray.cluster_id() in lines[0], lines
+    assert "127.0.0.1:%d" % proxy.port in lines[0], lines
+    assert node2.running(), node2.stderr()
+    assert stray.value(api, "/_locks/_ctdb/" + name) is None  # given back on X
+    assert node2.terminate() == 0, node2.stderr()
+
+
+def test_majority_of_the_listed_members_or_expected_cluster_id(etcd_members, spawn):
+    # One of two listed members answers: no majority, so '3' naming both
+    # (the cost of listing only some members); expected_cluster_id instead
+    # vouches for every answer.
+    etcd = etcd_members("etcd35")
+    down = "127.0.0.1:%d" % free_port()
+    hosts = "127.0.0.1:%d, %s" % (etcd.port, down)
+    helper = spawn(None, args=(), api="v3", lock_name=new_lock_name(), host=hosts, **SETTINGS)
+    assert helper.status() == "3", helper.stderr()
+    lines = helper.stderr_lines()
+    assert len(lines) == 1 and "cannot confirm" in lines[0], lines
+    assert down in lines[0] and etcd.cluster_id() in lines[0], lines
+    assert "expected_cluster_id" in lines[0], lines
+    helper = spawn(None, args=(), api="v3", lock_name=new_lock_name(), host=hosts,
+                   expected_cluster_id=etcd.cluster_id(), **SETTINGS)
+    assert helper.status() == "0", helper.stderr()
+    assert helper.terminate() == 0
+
+
+def test_member_of_another_cluster_heard_while_holding(clusters, etcd_members, spawn):
+    # Listed: two of the cluster's three members (a majority of the list)
+    # and a stray member X, whose traffic is held back at first.  Once X
+    # answers, its cluster id ends the hold.
+    cluster, stray = clusters("etcd34"), etcd_members("etcd34")
+    proxy = DelayProxy(stray.port)
+    proxy.delay = 60
+    try:
+        hosts = "%s, 127.0.0.1:%d" % (cluster.hosts(cluster.members[:2]), proxy.port)
+        holdings = take(spawn, cluster, APIS["etcd34"], host=hosts)
+        keep_holding(cluster, holdings, 2 * REFRESH)  # X asked meanwhile, and silent
+        proxy.delay = 0
+        reachable = time.monotonic()
+        for h in holdings:
+            h.helper.wait(timeout=max(0.1, reachable + 3 * REFRESH + 0.5 - time.monotonic()))
+            lost = [line for line in h.helper.stderr_lines() if "lock lost" in line]
+            assert len(lost) == 1, (h.api, h.helper.stderr())
+            for text in ("127.0.0.1:%d" % proxy.port, stray.cluster_id(),
+                         cluster.cluster_id()):
+                assert text in lost[0], (h.api, text, lost)
+            assert h.helper.rest_of_stdout() == b"", h.api
+            assert set(h.read(cluster).values()) == {None}, (h.api, h.read(cluster))
+    finally:
+        proxy.close()
+
+
+def test_check_recommends_expected_cluster_id(clusters, tmp_path, stubs):
+    cluster = clusters("etcd35")
+
+    def check(*args, **settings):
+        config = write_config(str(tmp_path / "check"), dict(
+            host=cluster.hosts(), lock_name=new_lock_name(), **settings))
+        done = subprocess.run([sys.executable, HELPER, "--check"] + list(args) + ["-c", config],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60,
+                              env=helper_env(stubs, tmp_path))
+        return done.returncode, done.stdout.decode()
+    code, out = check()
+    assert code == 0, out
+    rows = [line for line in out.splitlines() if "expected_cluster_id" in line]
+    assert len(rows) == 1 and rows[0].split()[:2] == ["cluster", "warning"], out
+    assert "expected_cluster_id = %s" % cluster.cluster_id() in rows[0], out
+    code, out = check("--json")
+    assert code == 0 and any(row["level"] == "warning" and cluster.cluster_id() in row["text"]
+                             for row in json.loads(out)["checks"] if row["what"] == "cluster")
+    code, out = check(expected_cluster_id=cluster.cluster_id())
+    assert code == 0 and "expected_cluster_id" not in out, out
