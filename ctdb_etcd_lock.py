@@ -669,12 +669,15 @@ def read_config(path, required):
         key, equals, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not equals or not key:
-            raise ConfigError("%s: expected 'key = value', found %s" % (where, _shown(line)))
+            raise ConfigError("%s: %s" % (where, _malformed(line, equals)))
         name = ALIASES.get(key, key)
         setting = SETTINGS.get(name)
+        if setting is None and _setting_word(key):
+            raise ConfigError("%s: %s" % (where, _malformed(key, "")))
         if setting is None:
             # The original ignored what it did not know; say so, and go on.
-            unknown.append((number, key))
+            unknown.append((number, key if len(key.split()) == 1 else
+                            key.split()[0] + " ..."))
             continue
         if name in values:
             raise ConfigError("%s: %s is set again (first at line %d); keep one"
@@ -687,6 +690,27 @@ def read_config(path, required):
             raise ConfigError("%s: bad %s: %s" % (where, key, e)) from None
         lines[name] = number
     return Config(values, path, lines, unknown, mode)
+
+
+def _setting_word(text):
+    """The first word of text, less a trailing ':', if it names a setting."""
+    words = text.split(None, 1)
+    word = words[0].rstrip(":") if words else ""
+    return word if ALIASES.get(word, word) in SETTINGS else None
+
+
+def _malformed(text, equals):
+    """What is wrong with a line that is no 'key = value'.  Only a known
+    setting's name is quoted: the rest may be a password ('password:
+    s3cret', 'password s3cret'), and nothing else of it ever is."""
+    if equals:
+        return "expected 'key = value', found nothing before '='"
+    word = _setting_word(text)
+    if word:
+        return "expected 'key = value', found %s without '=' right after it; write " \
+               "'%s = ...' (the rest of the line is not shown)" % (word, word)
+    return "expected 'key = value', found a line without '=' (not shown: it may " \
+           "hold a secret)"
 
 
 MAX_CONFIG = 64 << 10  # bytes: a config file is a handful of lines
