@@ -1031,9 +1031,15 @@ class Connection:
     and http.client would cost modules we have no use for.
     """
 
-    # The biggest answer we read: a v2 directory listing, a few KiB per node
-    # queued.  Parsed JSON may take 20 times its size in memory, so no more.
-    MAX_ANSWER = 1 << 20
+    # The biggest answer we read.  etcd takes requests of up to
+    # --max-request-bytes (1.5 MiB by default), so a value anyone may put on
+    # the lock's key is that big; the v3 gateway answers it in base64 (4/3:
+    # 2 MiB), inside JSON, with 64 KiB for the rest of the answer.  (A v2
+    # listing gives values as JSON text: ours are a few dozen bytes each.)
+    # Parsed JSON may take 30 times its size in memory (a hostile answer of
+    # empty lists: a peak of about 80 MiB at this cap), so no more.
+    ETCD_MAX_REQUEST = 1572864
+    MAX_ANSWER = ETCD_MAX_REQUEST * 4 // 3 + (64 << 10)
     MAX_CHUNKS = 1000  # etcd sends a handful; parsing many again and again costs
 
     def __init__(self, endpoint, addresses, deadline, clock, watch, tls=None):
@@ -2576,7 +2582,8 @@ def describe_holder(value):
         return {"helper": None}
     fields = dict(part.split("=", 1) for part in value.split() if "=" in part)
     if set(fields) >= {"host", "pnn", "pid", "id"}:
-        return dict(fields, helper="ctdb_etcd_lock", value=value)
+        return dict({name: fields[name] for name in ("host", "pnn", "pid", "id")},
+                    helper="ctdb_etcd_lock", value=value)
     uuid, _, pnn = value.rpartition("_")
     if len(uuid) == 32 and not uuid.strip("0123456789abcdef") and pnn.isdigit():
         return {"helper": "original", "pnn": pnn, "value": value}
@@ -2601,7 +2608,10 @@ def _holder_text(holding):
 def _holding_json(holding, api):
     if holding is None:
         return None
-    return {"holder": describe_holder(holding.holder), "ttl_left": holding.left,
+    # A value is anybody's, and may be as big as etcd takes: cut for a reader.
+    holder = {name: _cut(text, 200) if isinstance(text, str) else text
+              for name, text in describe_holder(holding.holder).items()}
+    return {"holder": holder, "ttl_left": holding.left,
             "ttl_granted": holding.granted, "expires": holding.expires,
             "revision" if api == "v3" else "index": _int(holding.since) or None}
 

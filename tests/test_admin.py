@@ -222,3 +222,20 @@ def test_status_into_a_closed_pipe(etcd34, tmp_path, stubs, lock_name):
         os.close(write)
     assert done.returncode == 3
     assert done.stderr == b""  # no traceback, no 'internal error'
+
+
+def test_status_names_a_holder_with_a_900_kb_value(etcd34, admin, key):
+    # Legal in etcd (requests up to 1.5 MiB): named, and cut, in both forms.
+    etcd34.v3_put(key, "host=big pnn=1 pid=42 id=00 " + "x" * 900000)
+    try:
+        code, out, err = admin("--status", etcd=etcd34, api="v3")
+        assert code == 0, err[:2000]
+        assert "held by host big, pnn 1, pid 42" in lines(out, "v3")[0], out[:2000]
+        assert len(out) < 2000
+        code, out, err = admin("--status", "--json", etcd=etcd34, api="v3")
+        assert code == 0, err[:2000]
+        holder = json.loads(out)["apis"]["v3"]["holder"]
+        assert holder["pid"] == "42" and holder["value"].startswith("host=big"), holder
+        assert len(out) < 5000, out[:2000]
+    finally:
+        etcd34.v3_delete(key)
