@@ -886,6 +886,13 @@ class Watch:
             pass
 
 
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name of its own
+        return "signal %d" % signum
+
+
 def _comm(pid):
     try:
         with open("/proc/%d/comm" % pid) as f:
@@ -3105,6 +3112,19 @@ def admin_main(argv):
     Signals.catch()
     Signals.wake_waits()
     log, as_json = Log(), "--json" in argv
+
+    def failed(text, quiet=False):
+        # With --json, one JSON object on stdout whatever happened.
+        if not quiet:
+            log.error(text)
+        if as_json:
+            import json
+            try:
+                sys.stdout.write(json.dumps({"error": text}) + "\n")
+                sys.stdout.flush()
+            except OSError:  # nobody reads it
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return 3
     try:
         log.verbose, named, mode, as_json = parse_args(argv)
         if mode == "help":
@@ -3114,21 +3134,16 @@ def admin_main(argv):
         config.named_by = "lock_name" if config.lock_name else "testparm"
         config.lock_name = find_lock_name(config, Watch(0))
         return (status if mode == "status" else check)(config, log, as_json, sys.stdout)
-    except Terminated:
-        return 3
+    except Terminated as e:
+        return failed("terminated by %s" % _signal_name(e.args[0]), quiet=True)
     except BrokenPipeError:  # | head: nobody reads the rest
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         return 3
     except EtcdLockError as e:
         what = "config error" if isinstance(e, ConfigError) else "cannot ask etcd"
-        log.error("%s - %s" % (what, e))
-        if as_json:
-            import json
-            sys.stdout.write(json.dumps({"error": "%s - %s" % (what, e)}) + "\n")
-        return 3
+        return failed("%s - %s" % (what, e))
     except Exception as e:  # a bug of ours: one line, never a traceback
-        log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
-        return 3
+        return failed("internal error - %s: %s; please report it" % (type(e).__name__, e))
 
 
 def _admin_mode(argv):
