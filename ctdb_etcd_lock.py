@@ -575,6 +575,7 @@ class Config:
             self.ignored.append("%s holds a password that other users can read; "
                                 "chmod 600 it" % source)
         self._check()
+        self._check_key_file()
         self.endpoints = self._endpoints()
 
     @property
@@ -614,6 +615,22 @@ class Config:
                               "e.g. refresh = %g" % (
                                   where, self.refresh, 100 * (1 - FENCE_SHARE),
                                   self.lock_ttl, self.lock_ttl / 4.0))
+
+    def _check_key_file(self):
+        """Our TLS key is a secret like the password: warn the same way when
+        others may read its file (key, the tuple's key, or cert alone: a PEM
+        holding the key too).  One we cannot stat is TLS's to report."""
+        if not self.cert:
+            return
+        path = self.cert[1] or self.key or self.cert[0]
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            return
+        if mode & 0o077:
+            self.ignored.append("%s: the TLS key file %s can be read by other users; "
+                                "chmod 600 it" % (self.where("key" if self.key else "cert"),
+                                                  path))
 
     def _endpoints(self):
         """The members as given (None: found by DNS SRV when first asked)."""
