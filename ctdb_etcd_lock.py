@@ -1382,9 +1382,20 @@ def srv_members(config, watch, deadline):
                 continue
             for priority, weight, port, target in sorted(
                     answers, key=lambda srv: (srv[0], -srv[1])):
+                if not target:
+                    continue
+                try:  # the checks a host in the config gets
+                    target = _host(target)
+                except ValueError:
+                    raise TransportError("DNS SRV record %s names target %s, which is no "
+                                         "host name; fix the DNS" % (
+                                             qname, _shown(target))) from None
                 endpoint = Endpoint(scheme or config.protocol, target, port)
-                if target and endpoint not in endpoints:
+                if endpoint not in endpoints:
                     endpoints.append(endpoint)
+        if len(endpoints) > MAX_MEMBERS:
+            raise TransportError("DNS SRV records of %s name %d members, more than %d; fix "
+                                 "the DNS" % (name, len(endpoints), MAX_MEMBERS))
         if endpoints:
             return endpoints
     raise TransportError("no etcd members found by DNS SRV for %s: asked %s%s; check "
