@@ -41,9 +41,10 @@ have expired on the server.  The lock is valid until the *send* time of the
 last refresh that succeeded plus lock_ttl (the server started its TTL later
 than that); the helper gives the lock up a tenth of lock_ttl before then.
 Every request's timeout is cut to what is left, and a SIGALRM backstop ends
-the process if anything still blocks.  Only local monotonic time is trusted,
-so clocks may differ between hosts, but their rates must not differ by more
-than that margin.  (A v2 TTL is kept on the etcd members' wall clocks: v2
+the process if anything still blocks.  Only local monotonic time is trusted
+(CLOCK_BOOTTIME, which counts a suspend, where there is one), so clocks may
+differ between hosts, but their rates must not differ by more than that
+margin.  (A v2 TTL is kept on the etcd members' wall clocks: v2
 also needs those in step, without jumps.)  There is no fencing token: a holder that is paused (say,
 SIGSTOP) longer than lock_ttl can wake up believing it holds the lock for a
 moment, as with any lease.
@@ -81,6 +82,17 @@ import sys
 import time
 
 PROG = "ctdb_etcd_lock"
+
+# The one clock of every deadline and of the lock's life.  CLOCK_BOOTTIME
+# goes on while the system is suspended (a laptop's suspend, a VM paused by
+# its hypervisor), where CLOCK_MONOTONIC stands still: a holder resumed on
+# it would count on a lock that expired long ago.  Python 3.7+ on Linux has
+# it; elsewhere (3.6) monotonic time is the best there is.
+if hasattr(time, "CLOCK_BOOTTIME"):
+    def clock():
+        return time.clock_gettime(time.CLOCK_BOOTTIME)  # novermin
+else:
+    clock = time.monotonic
 
 STATUS_HELD = b"0"
 STATUS_CONTENDED = b"1"
@@ -777,7 +789,7 @@ class Signals:
     """SIGTERM and SIGINT: noted by the handler, acted on by Watch.wait()."""
 
     received = None  # the first signal's number
-    at = None  # when the latest came (monotonic)
+    at = None  # when the latest came (clock())
     wakeup = None  # read end of the pipe a signal writes a byte to
 
     @classmethod
@@ -805,7 +817,7 @@ class Signals:
     @classmethod
     def _note(cls, signum, frame):
         cls.received = cls.received or signum
-        cls.at = time.monotonic()
+        cls.at = clock()
 
 
 class Watch:
@@ -823,7 +835,7 @@ class Watch:
     POLL = 0.25  # seconds between parent checks where no pidfd is to be had
     LEAVE_AFTER_SIGNAL = 2.0
 
-    def __init__(self, ppid, stdout=None, clock=time.monotonic):
+    def __init__(self, ppid, stdout=None, clock=clock):
         self.ppid = ppid
         self.clock = clock
         self.orphan = ppid == 1 and _comm(1) != "ctdbd"
@@ -1047,7 +1059,7 @@ class _Never(Exception):
 
 class Connection:
     """One HTTP/1.1 connection to one member, plain or TLS.  Every wait ends
-    by an absolute deadline (time.monotonic()), not merely each recv: a
+    by an absolute deadline (clock()), not merely each recv: a
     server that trickles bytes, or a TLS handshake, cannot hold a request
     past the lock's deadline.
 
@@ -1559,7 +1571,7 @@ def _dns_read_name(message, offset):
 class Transport:
     """Requests to etcd's members, over one kept-alive connection at a time.
 
-    ``deadline`` on each request is a time.monotonic() value; the request
+    ``deadline`` on each request is a clock() value; the request
     never waits past it nor past read_timeout.  A request goes to the member
     that answered last and fails over to the next on a connection error, a
     timeout, a 5xx or a "no leader" answer; each try gets a fair share of
@@ -1577,7 +1589,7 @@ class Transport:
 
     IN_FLIGHT = 4  # connections kept aside; an older one is closed
 
-    def __init__(self, config, log, watch, clock=time.monotonic):
+    def __init__(self, config, log, watch, clock=clock):
         self.config = config
         self.log = log
         self.watch = watch
@@ -1862,7 +1874,7 @@ class Transport:
 #   release(deadline)  give it back if it is still ours (safe to call always)
 #   holding(deadline)  who holds it now (a Holding), or None; changes nothing
 #
-# valid_until is the monotonic time at which the lock may expire on the server
+# valid_until is the clock() time at which the lock may expire on the server
 # at the earliest: the send time of the request that set the TTL, plus the TTL.
 # An error etcd gives with a 4xx status is about the lock itself, and final;
 # others (5xx, transport) may pass, and are retried until the deadline.
@@ -2447,11 +2459,11 @@ def take(lock, config, log, watch, handover_wait):
     contended = None
     while True:
         # Taking the lock may not take longer than the lock would live.
-        deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
+        deadline = clock() + config.lock_ttl * (1 - FENCE_SHARE)
         try:
             return lock.acquire(deadline)
         except LockContended as e:
-            now = time.monotonic()
+            now = clock()
             give_up = give_up or now + handover_wait
             if not _running_out(e.holding, config, give_up - now):
                 raise
@@ -2462,7 +2474,7 @@ def take(lock, config, log, watch, handover_wait):
             raise contended from None  # after a wait, '1' as ever, never '3'
         # Ours goes back while we wait: someone else may be first after all.
         try:
-            lock.release(min(deadline, time.monotonic() + 1))
+            lock.release(min(deadline, clock() + 1))
         except EtcdLockError:
             raise contended from None  # '1' as ever; run() tries once more
         _wait_for_expiry(contended, config, log, watch, give_up)
@@ -2484,13 +2496,13 @@ def _running_out(holding, config, budget):
 def _wait_for_expiry(contended, config, log, watch, give_up):
     """Return once the holder is gone (or another took the lock): time to
     try.  Raise ``contended`` when it refreshes, or at give_up."""
-    holding, lock, started = contended.holding, contended.lock, time.monotonic()
+    holding, lock, started = contended.holding, contended.lock, clock()
     log.info("lock %s: holder %s missed its refresh and has %d s left; waiting up to "
              "%.1f s for it to expire" % (config.lock_key, _printable(holding.holder),
                                           holding.left, give_up - started))
     while True:
-        watch.sleep(min(HANDOVER_POLL, give_up - time.monotonic()))
-        now = time.monotonic()
+        watch.sleep(min(HANDOVER_POLL, give_up - clock()))
+        now = clock()
         if now >= give_up:
             log.info("lock %s: waited %.1f s for %s; still held" % (
                 config.lock_key, now - started, _printable(holding.holder)))
@@ -2500,7 +2512,7 @@ def _wait_for_expiry(contended, config, log, watch, give_up):
         except EtcdLockError as e:  # it may pass; if not, '1' at give_up as ever
             log.debug("looking at lock %s while waiting: %s" % (config.lock_key, e))
             continue
-        now = time.monotonic()
+        now = clock()
         if current is None or current.ident != holding.ident:
             log.info("lock %s: waited %.1f s for %s; its lock %s" % (
                 config.lock_key, now - started, _printable(holding.holder),
@@ -2522,7 +2534,7 @@ def _wait_for_expiry(contended, config, log, watch, give_up):
 class Holder:
     """Holds an acquired lock: refreshes it and fences itself."""
 
-    def __init__(self, lock, config, log, watch, valid_until, clock=time.monotonic):
+    def __init__(self, lock, config, log, watch, valid_until, clock=clock):
         self.lock = lock
         self.config = config
         self.log = log
@@ -2676,7 +2688,7 @@ class Admin:
         self.out.flush()
 
     def deadline(self):
-        return time.monotonic() + self.TIMEOUT
+        return clock() + self.TIMEOUT
 
     def v3_lock(self):
         """The v3 lock, or None where this etcd has no v3 gateway."""
@@ -3066,8 +3078,8 @@ def run(argv, log, status, watch):
         # '1' at once; elections are its recovery daemon's (ctdb_recoverd).
         valid_until = take(lock, config, log, watch, 0 if _comm(watch.ppid) == "ctdbd"
                            else config.handover_wait)
-        lock.transport.check_members(min(time.monotonic() + 0.5, valid_until))
-        if time.monotonic() >= valid_until - config.lock_ttl * FENCE_SHARE:
+        lock.transport.check_members(min(clock() + 0.5, valid_until))
+        if clock() >= valid_until - config.lock_ttl * FENCE_SHARE:
             raise TransportError("etcd answered too late to trust the lock")
         holder = Holder(lock, config, log, watch, valid_until)
         holder.arm_backstop()  # from '0' on, nothing may block unguarded
@@ -3198,11 +3210,11 @@ def _release(lock, seconds, log, quiet=False, until=None):
     hard_stop = seconds + 1
     if until is not None:
         # Past it already (we were stopped): queue the release, wait for nothing.
-        left = max(until - time.monotonic(), 0)
+        left = max(until - clock(), 0)
         seconds, hard_stop = min(seconds, left / 2), max(min(hard_stop, left * 0.9), 0.1)
     Backstop.arm(hard_stop, "still blocked giving the lock back; exiting")
     try:
-        lock.release(time.monotonic() + seconds)
+        lock.release(clock() + seconds)
     except EtcdLockError as e:
         (log.info if quiet else log.error)(
             "could not release lock - %s; it expires by its TTL" % e)
