@@ -2574,8 +2574,10 @@ class Holder:
                                    now + max(self.config.refresh, (self.fence_at - now) / 2))
             try:
                 self.valid_until = self.lock.refresh(attempt_deadline)
-            except (TransportError, EtcdError) as e:
-                # Not lost yet: try again until the fence.
+            except (TransportError, EtcdError, AuthError) as e:
+                # Not lost yet: try again until the fence.  Credentials
+                # refused (a password changed, two 401s while a member
+                # changes) is no word from etcd that the lock is gone.
                 failures, last_error = failures + 1, e
                 self.log.info("refresh failed (%d in a row): %s" % (failures, e))
                 continue
