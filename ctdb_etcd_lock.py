@@ -158,7 +158,8 @@ class LockLost(EtcdLockError):
 
 
 class Terminated(BaseException):
-    """SIGTERM or SIGINT: give back what we hold and go."""
+    """SIGTERM, SIGINT or another signal that would end us (Signals):
+    give back what we hold and go."""
 
 
 class ParentGone(BaseException):
@@ -786,20 +787,42 @@ class _NoTime(Exception):
 
 
 class Signals:
-    """SIGTERM and SIGINT: noted by the handler, acted on by Watch.wait()."""
+    """Every signal whose default action ends a process (SIGTERM, SIGINT,
+    SIGHUP, SIGUSR1, ...): noted by the handler, acted on by Watch.wait().
+    Left to that default, one would kill a holder outright, the lock left
+    for up to lock_ttl."""
+
+    # Not SIGALRM (the backstop's), nor the synchronous faults (SEGV, BUS,
+    # ILL, FPE, ABRT, TRAP, SYS), which must end us as they would; Python
+    # ignores SIGPIPE.  Also every real-time signal.
+    ENDING = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGVTALRM",
+              "SIGPROF", "SIGIO", "SIGPWR", "SIGXCPU", "SIGXFSZ", "SIGSTKFLT")
 
     received = None  # the first signal's number
     at = None  # when the latest came (clock())
     wakeup = None  # read end of the pipe a signal writes a byte to
+    caught = frozenset((signal.SIGTERM, signal.SIGINT))  # all of them, once catch() ran
 
     @classmethod
     def catch(cls):
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, cls._note)
+        try:
+            valid = set(signal.valid_signals())  # novermin (Python 3.8+)
+        except AttributeError:
+            valid = set(range(1, signal.NSIG))
+        wanted = {getattr(signal, name) for name in cls.ENDING if hasattr(signal, name)}
+        if hasattr(signal, "SIGRTMIN") and hasattr(signal, "SIGRTMAX"):
+            wanted.update(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+        caught = set()
+        for signum in sorted(valid & wanted):
+            try:
+                signal.signal(signum, cls._note)
+            except (OSError, ValueError, RuntimeError):
+                continue  # kept by the C library (glibc's 32 and 33)
+            caught.add(signum)
+        cls.caught = frozenset(caught | cls.caught)
         # A mask inherited from whoever started us must not keep them (or
         # the backstop's SIGALRM) from us.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK,
-                               {signal.SIGTERM, signal.SIGINT, signal.SIGALRM})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, cls.caught | {signal.SIGALRM})
 
     @classmethod
     def wake_waits(cls):
@@ -1339,8 +1362,7 @@ def _addresses(endpoint, watch, deadline):
     def resolve():
         # Signals are the main thread's: one delivered here at exit, when
         # Python has given them back their default action, would kill us.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT,
-                                                  signal.SIGALRM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, Signals.caught | {signal.SIGALRM})
         try:
             answer.append(socket.getaddrinfo(endpoint.host, endpoint.port,
                                              type=socket.SOCK_STREAM))
@@ -3110,7 +3132,8 @@ def run(argv, log, status, watch):
         status.close()
         if held:
             log.info("releasing lock %s: %s" % (
-                config.lock_key, "terminated" if isinstance(e, Terminated) else e))
+                config.lock_key, "terminated by %s" % _signal_name(e.args[0])
+                if isinstance(e, Terminated) else e))
         elif isinstance(e, ParentGone):
             log.info("%s; not taking the lock" % e)
         # Quickly: once our parent is gone, ctdbd may be racing for the lock.
@@ -3232,5 +3255,5 @@ if __name__ == "__main__":
     # handler would be reported as "ignored due to race condition", with a
     # traceback, and ctdbd sends SIGTERM the moment it reads '1'.
     signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGALRM})
+    signal.pthread_sigmask(signal.SIG_BLOCK, Signals.caught | {signal.SIGALRM})
     sys.exit(code)
