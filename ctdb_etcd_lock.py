@@ -41,9 +41,10 @@ have expired on the server.  The lock is valid until the *send* time of the
 last refresh that succeeded plus lock_ttl (the server started its TTL later
 than that); the helper gives the lock up a tenth of lock_ttl before then.
 Every request's timeout is cut to what is left, and a SIGALRM backstop ends
-the process if anything still blocks.  Only local monotonic time is trusted,
-so clocks may differ between hosts, but their rates must not differ by more
-than that margin.  (A v2 TTL is kept on the etcd members' wall clocks: v2
+the process if anything still blocks.  Only local monotonic time is trusted
+(CLOCK_BOOTTIME, which counts a suspend, where there is one), so clocks may
+differ between hosts, but their rates must not differ by more than that
+margin.  (A v2 TTL is kept on the etcd members' wall clocks: v2
 also needs those in step, without jumps.)  There is no fencing token: a holder that is paused (say,
 SIGSTOP) longer than lock_ttl can wake up believing it holds the lock for a
 moment, as with any lease.
@@ -85,6 +86,17 @@ import sys
 import time
 
 PROG = "ctdb_etcd_lock"
+
+# The one clock of every deadline and of the lock's life.  CLOCK_BOOTTIME
+# goes on while the system is suspended (a laptop's suspend, a VM paused by
+# its hypervisor), where CLOCK_MONOTONIC stands still: a holder resumed on
+# it would count on a lock that expired long ago.  Python 3.7+ on Linux has
+# it; elsewhere (3.6) monotonic time is the best there is.
+if hasattr(time, "CLOCK_BOOTTIME"):
+    def clock():
+        return time.clock_gettime(time.CLOCK_BOOTTIME)  # novermin
+else:
+    clock = time.monotonic
 
 STATUS_HELD = b"0"
 STATUS_CONTENDED = b"1"
@@ -150,7 +162,8 @@ class LockLost(EtcdLockError):
 
 
 class Terminated(BaseException):
-    """SIGTERM or SIGINT: give back what we hold and go."""
+    """SIGTERM, SIGINT or another signal that would end us (Signals):
+    give back what we hold and go."""
 
 
 class ParentGone(BaseException):
@@ -579,6 +592,7 @@ class Config:
             self.ignored.append("%s holds a password that other users can read; "
                                 "chmod 600 it" % source)
         self._check()
+        self._check_key_file()
         self.endpoints = self._endpoints()
 
     @property
@@ -618,6 +632,22 @@ class Config:
                               "e.g. refresh = %g" % (
                                   where, self.refresh, 100 * (1 - FENCE_SHARE),
                                   self.lock_ttl, self.lock_ttl / 4.0))
+
+    def _check_key_file(self):
+        """Our TLS key is a secret like the password: warn the same way when
+        others may read its file (key, the tuple's key, or cert alone: a PEM
+        holding the key too).  One we cannot stat is TLS's to report."""
+        if not self.cert:
+            return
+        path = self.cert[1] or self.key or self.cert[0]
+        try:
+            mode = os.stat(path).st_mode
+        except (OSError, ValueError):
+            return
+        if mode & 0o077:
+            self.ignored.append("%s: the TLS key file %s can be read by other users; "
+                                "chmod 600 it" % (self.where("key" if self.key else "cert"),
+                                                  path))
 
     def _endpoints(self):
         """The members as given (None: found by DNS SRV when first asked)."""
@@ -673,12 +703,15 @@ def read_config(path, required):
         key, equals, value = line.partition("=")
         key, value = key.strip(), value.strip()
         if not equals or not key:
-            raise ConfigError("%s: expected 'key = value', found %s" % (where, _shown(line)))
+            raise ConfigError("%s: %s" % (where, _malformed(line, equals)))
         name = ALIASES.get(key, key)
         setting = SETTINGS.get(name)
+        if setting is None and _setting_word(key):
+            raise ConfigError("%s: %s" % (where, _malformed(key, "")))
         if setting is None:
             # The original ignored what it did not know; say so, and go on.
-            unknown.append((number, key))
+            unknown.append((number, key if len(key.split()) == 1 else
+                            key.split()[0] + " ..."))
             continue
         if name in values:
             raise ConfigError("%s: %s is set again (first at line %d); keep one"
@@ -691,6 +724,27 @@ def read_config(path, required):
             raise ConfigError("%s: bad %s: %s" % (where, key, e)) from None
         lines[name] = number
     return Config(values, path, lines, unknown, mode)
+
+
+def _setting_word(text):
+    """The first word of text, less a trailing ':', if it names a setting."""
+    words = text.split(None, 1)
+    word = words[0].rstrip(":") if words else ""
+    return word if ALIASES.get(word, word) in SETTINGS else None
+
+
+def _malformed(text, equals):
+    """What is wrong with a line that is no 'key = value'.  Only a known
+    setting's name is quoted: the rest may be a password ('password:
+    s3cret', 'password s3cret'), and nothing else of it ever is."""
+    if equals:
+        return "expected 'key = value', found nothing before '='"
+    word = _setting_word(text)
+    if word:
+        return "expected 'key = value', found %s without '=' right after it; write " \
+               "'%s = ...' (the rest of the line is not shown)" % (word, word)
+    return "expected 'key = value', found a line without '=' (not shown: it may " \
+           "hold a secret)"
 
 
 MAX_CONFIG = 64 << 10  # bytes: a config file is a handful of lines
@@ -737,20 +791,42 @@ class _NoTime(Exception):
 
 
 class Signals:
-    """SIGTERM and SIGINT: noted by the handler, acted on by Watch.wait()."""
+    """Every signal whose default action ends a process (SIGTERM, SIGINT,
+    SIGHUP, SIGUSR1, ...): noted by the handler, acted on by Watch.wait().
+    Left to that default, one would kill a holder outright, the lock left
+    for up to lock_ttl."""
+
+    # Not SIGALRM (the backstop's), nor the synchronous faults (SEGV, BUS,
+    # ILL, FPE, ABRT, TRAP, SYS), which must end us as they would; Python
+    # ignores SIGPIPE.  Also every real-time signal.
+    ENDING = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2", "SIGVTALRM",
+              "SIGPROF", "SIGIO", "SIGPWR", "SIGXCPU", "SIGXFSZ", "SIGSTKFLT")
 
     received = None  # the first signal's number
-    at = None  # when the latest came (monotonic)
+    at = None  # when the latest came (clock())
     wakeup = None  # read end of the pipe a signal writes a byte to
+    caught = frozenset((signal.SIGTERM, signal.SIGINT))  # all of them, once catch() ran
 
     @classmethod
     def catch(cls):
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, cls._note)
+        try:
+            valid = set(signal.valid_signals())  # novermin (Python 3.8+)
+        except AttributeError:
+            valid = set(range(1, signal.NSIG))
+        wanted = {getattr(signal, name) for name in cls.ENDING if hasattr(signal, name)}
+        if hasattr(signal, "SIGRTMIN") and hasattr(signal, "SIGRTMAX"):
+            wanted.update(range(signal.SIGRTMIN, signal.SIGRTMAX + 1))
+        caught = set()
+        for signum in sorted(valid & wanted):
+            try:
+                signal.signal(signum, cls._note)
+            except (OSError, ValueError, RuntimeError):
+                continue  # kept by the C library (glibc's 32 and 33)
+            caught.add(signum)
+        cls.caught = frozenset(caught | cls.caught)
         # A mask inherited from whoever started us must not keep them (or
         # the backstop's SIGALRM) from us.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK,
-                               {signal.SIGTERM, signal.SIGINT, signal.SIGALRM})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, cls.caught | {signal.SIGALRM})
 
     @classmethod
     def wake_waits(cls):
@@ -768,7 +844,7 @@ class Signals:
     @classmethod
     def _note(cls, signum, frame):
         cls.received = cls.received or signum
-        cls.at = time.monotonic()
+        cls.at = clock()
 
 
 class Watch:
@@ -786,7 +862,7 @@ class Watch:
     POLL = 0.25  # seconds between parent checks where no pidfd is to be had
     LEAVE_AFTER_SIGNAL = 2.0
 
-    def __init__(self, ppid, stdout=None, clock=time.monotonic):
+    def __init__(self, ppid, stdout=None, clock=clock):
         self.ppid = ppid
         self.clock = clock
         self.orphan = ppid == 1 and _comm(1) != "ctdbd"
@@ -864,6 +940,13 @@ class Watch:
             self.wait(self.clock() + seconds)
         except _NoTime:
             pass
+
+
+def _signal_name(signum):
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # a real-time signal has no name of its own
+        return "signal %d" % signum
 
 
 def _comm(pid):
@@ -1011,7 +1094,7 @@ class _Never(Exception):
 
 class Connection:
     """One HTTP/1.1 connection to one member, plain or TLS.  Every wait ends
-    by an absolute deadline (time.monotonic()), not merely each recv: a
+    by an absolute deadline (clock()), not merely each recv: a
     server that trickles bytes, or a TLS handshake, cannot hold a request
     past the lock's deadline.
 
@@ -1019,9 +1102,15 @@ class Connection:
     and http.client would cost modules we have no use for.
     """
 
-    # The biggest answer we read: a v2 directory listing, a few KiB per node
-    # queued.  Parsed JSON may take 20 times its size in memory, so no more.
-    MAX_ANSWER = 1 << 20
+    # The biggest answer we read.  etcd takes requests of up to
+    # --max-request-bytes (1.5 MiB by default), so a value anyone may put on
+    # the lock's key is that big; the v3 gateway answers it in base64 (4/3:
+    # 2 MiB), inside JSON, with 64 KiB for the rest of the answer.  (A v2
+    # listing gives values as JSON text: ours are a few dozen bytes each.)
+    # Parsed JSON may take 30 times its size in memory (a hostile answer of
+    # empty lists: a peak of about 80 MiB at this cap), so no more.
+    ETCD_MAX_REQUEST = 1572864
+    MAX_ANSWER = ETCD_MAX_REQUEST * 4 // 3 + (64 << 10)
     MAX_CHUNKS = 1000  # etcd sends a handful; parsing many again and again costs
 
     def __init__(self, endpoint, addresses, deadline, clock, watch, tls=None):
@@ -1285,8 +1374,7 @@ def _addresses(endpoint, watch, deadline):
     def resolve():
         # Signals are the main thread's: one delivered here at exit, when
         # Python has given them back their default action, would kill us.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT,
-                                                  signal.SIGALRM})
+        signal.pthread_sigmask(signal.SIG_BLOCK, Signals.caught | {signal.SIGALRM})
         try:
             answer.append(socket.getaddrinfo(endpoint.host, endpoint.port,
                                              type=socket.SOCK_STREAM))
@@ -1340,9 +1428,20 @@ def srv_members(config, watch, deadline):
                 continue
             for priority, weight, port, target in sorted(
                     answers, key=lambda srv: (srv[0], -srv[1])):
+                if not target:
+                    continue
+                try:  # the checks a host in the config gets
+                    target = _host(target)
+                except ValueError:
+                    raise TransportError("DNS SRV record %s names target %s, which is no "
+                                         "host name; fix the DNS" % (
+                                             qname, _shown(target))) from None
                 endpoint = Endpoint(scheme or config.protocol, target, port)
-                if target and endpoint not in endpoints:
+                if endpoint not in endpoints:
                     endpoints.append(endpoint)
+        if len(endpoints) > MAX_MEMBERS:
+            raise TransportError("DNS SRV records of %s name %d members, more than %d; fix "
+                                 "the DNS" % (name, len(endpoints), MAX_MEMBERS))
         if endpoints:
             return endpoints
     raise TransportError("no etcd members found by DNS SRV for %s: asked %s%s; check "
@@ -1506,7 +1605,7 @@ def _dns_read_name(message, offset):
 class Transport:
     """Requests to etcd's members, over one kept-alive connection at a time.
 
-    ``deadline`` on each request is a time.monotonic() value; the request
+    ``deadline`` on each request is a clock() value; the request
     never waits past it nor past read_timeout.  A request goes to the member
     that answered last and fails over to the next on a connection error, a
     timeout, a 5xx or a "no leader" answer; each try gets a fair share of
@@ -1526,7 +1625,7 @@ class Transport:
     FIRST_LOOK = 0.5  # seconds: the first ask of each member not heard from, at most
     LEAST_ASK = 0.05  # seconds: while holding, no ask with less time than this left
 
-    def __init__(self, config, log, watch, clock=time.monotonic):
+    def __init__(self, config, log, watch, clock=clock):
         self.config = config
         self.log = log
         self.watch = watch
@@ -1930,7 +2029,7 @@ class Transport:
 #
 #   next_round(value)  a new try after a wait, under a new value
 #
-# valid_until is the monotonic time at which the lock may expire on the server
+# valid_until is the clock() time at which the lock may expire on the server
 # at the earliest: the send time of the request that set the TTL, plus the TTL.
 # A request we gave up on may still be applied later, in any order, so "the
 # request that set the TTL" must be one that no request of ours sent earlier
@@ -2627,11 +2726,11 @@ def take(lock, config, log, watch, handover_wait):
     contended = None
     while True:
         # Taking the lock may not take longer than the lock would live.
-        deadline = time.monotonic() + config.lock_ttl * (1 - FENCE_SHARE)
+        deadline = clock() + config.lock_ttl * (1 - FENCE_SHARE)
         try:
             return lock.acquire(deadline)
         except LockContended as e:
-            now = time.monotonic()
+            now = clock()
             give_up = give_up or now + handover_wait
             if not _running_out(e.holding, config, give_up - now):
                 raise
@@ -2642,7 +2741,7 @@ def take(lock, config, log, watch, handover_wait):
             raise contended from None  # after a wait, '1' as ever, never '3'
         # Ours goes back while we wait: someone else may be first after all.
         try:
-            lock.release(min(deadline, time.monotonic() + 1))
+            lock.release(min(deadline, clock() + 1))
         except EtcdLockError:
             raise contended from None  # '1' as ever; run() tries once more
         _wait_for_expiry(contended, config, log, watch, give_up)
@@ -2665,13 +2764,13 @@ def _running_out(holding, config, budget):
 def _wait_for_expiry(contended, config, log, watch, give_up):
     """Return once the holder is gone (or another took the lock): time to
     try.  Raise ``contended`` when it refreshes, or at give_up."""
-    holding, lock, started = contended.holding, contended.lock, time.monotonic()
+    holding, lock, started = contended.holding, contended.lock, clock()
     log.info("lock %s: holder %s missed its refresh and has %d s left; waiting up to "
              "%.1f s for it to expire" % (config.lock_key, _printable(holding.holder),
                                           holding.left, give_up - started))
     while True:
-        watch.sleep(min(HANDOVER_POLL, give_up - time.monotonic()))
-        now = time.monotonic()
+        watch.sleep(min(HANDOVER_POLL, give_up - clock()))
+        now = clock()
         if now >= give_up:
             log.info("lock %s: waited %.1f s for %s; still held" % (
                 config.lock_key, now - started, _printable(holding.holder)))
@@ -2681,7 +2780,7 @@ def _wait_for_expiry(contended, config, log, watch, give_up):
         except EtcdLockError as e:  # it may pass; if not, '1' at give_up as ever
             log.debug("looking at lock %s while waiting: %s" % (config.lock_key, e))
             continue
-        now = time.monotonic()
+        now = clock()
         if current is None or current.ident != holding.ident:
             log.info("lock %s: waited %.1f s for %s; its lock %s" % (
                 config.lock_key, now - started, _printable(holding.holder),
@@ -2705,7 +2804,7 @@ class Holder:
 
     ASKS_PER_ROUND = 2  # members not heard from, asked between two refreshes
 
-    def __init__(self, lock, config, log, watch, valid_until, clock=time.monotonic):
+    def __init__(self, lock, config, log, watch, valid_until, clock=clock):
         self.lock = lock
         self.config = config
         self.log = log
@@ -2757,8 +2856,10 @@ class Holder:
                                    now + max(self.config.refresh, (self.fence_at - now) / 2))
             try:
                 self.valid_until = self.lock.refresh(attempt_deadline)
-            except (TransportError, EtcdError) as e:
-                # Not lost yet: try again until the fence.
+            except (TransportError, EtcdError, AuthError) as e:
+                # Not lost yet: try again until the fence.  Credentials
+                # refused (a password changed, two 401s while a member
+                # changes) is no word from etcd that the lock is gone.
                 failures, last_error = failures + 1, e
                 self.log.info("refresh failed (%d in a row): %s" % (failures, e))
                 continue
@@ -2812,7 +2913,8 @@ def describe_holder(value):
         return {"helper": None}
     fields = dict(part.split("=", 1) for part in value.split() if "=" in part)
     if set(fields) >= {"host", "pnn", "pid", "id"}:
-        return dict(fields, helper="ctdb_etcd_lock", value=value)
+        return dict({name: fields[name] for name in ("host", "pnn", "pid", "id")},
+                    helper="ctdb_etcd_lock", value=value)
     uuid, _, pnn = value.rpartition("_")
     if len(uuid) == 32 and not uuid.strip("0123456789abcdef") and pnn.isdigit():
         return {"helper": "original", "pnn": pnn, "value": value}
@@ -2837,7 +2939,10 @@ def _holder_text(holding):
 def _holding_json(holding, api):
     if holding is None:
         return None
-    return {"holder": describe_holder(holding.holder), "ttl_left": holding.left,
+    # A value is anybody's, and may be as big as etcd takes: cut for a reader.
+    holder = {name: _cut(text, 200) if isinstance(text, str) else text
+              for name, text in describe_holder(holding.holder).items()}
+    return {"holder": holder, "ttl_left": holding.left,
             "ttl_granted": holding.granted, "expires": holding.expires,
             "revision" if api == "v3" else "index": _int(holding.since) or None}
 
@@ -2867,7 +2972,7 @@ class Admin:
         self.out.flush()
 
     def deadline(self):
-        return time.monotonic() + self.TIMEOUT
+        return clock() + self.TIMEOUT
 
     def v3_lock(self):
         """The v3 lock, or None where this etcd has no v3 gateway."""
@@ -3279,9 +3384,9 @@ def run(argv, log, status, watch):
                            else config.handover_wait)
         # No '0' before the lock's cluster is confirmed: the lock stays
         # valid meanwhile, and the wait ends well before its fence.
-        fence, now = valid_until - config.lock_ttl * FENCE_SHARE, time.monotonic()
+        fence, now = valid_until - config.lock_ttl * FENCE_SHARE, clock()
         lock.transport.confirm_cluster(now + min((fence - now) / 2, CONFIRM_WAIT))
-        if time.monotonic() >= valid_until - config.lock_ttl * FENCE_SHARE:
+        if clock() >= valid_until - config.lock_ttl * FENCE_SHARE:
             raise TransportError("etcd answered too late to trust the lock")
         holder = Holder(lock, config, log, watch, valid_until)
         holder.arm_backstop()  # from '0' on, nothing may block unguarded
@@ -3310,7 +3415,8 @@ def run(argv, log, status, watch):
         status.close()
         if held:
             log.info("releasing lock %s: %s" % (
-                config.lock_key, "terminated" if isinstance(e, Terminated) else e))
+                config.lock_key, "terminated by %s" % _signal_name(e.args[0])
+                if isinstance(e, Terminated) else e))
         elif isinstance(e, ParentGone):
             log.info("%s; not taking the lock" % e)
         # Quickly: once our parent is gone, ctdbd may be racing for the lock.
@@ -3354,6 +3460,19 @@ def admin_main(argv):
     Signals.catch()
     Signals.wake_waits()
     log, as_json = Log(), "--json" in argv
+
+    def failed(text, quiet=False):
+        # With --json, one JSON object on stdout whatever happened.
+        if not quiet:
+            log.error(text)
+        if as_json:
+            import json
+            try:
+                sys.stdout.write(json.dumps({"error": text}) + "\n")
+                sys.stdout.flush()
+            except OSError:  # nobody reads it
+                os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+        return 3
     try:
         log.verbose, named, mode, as_json = parse_args(argv)
         if mode == "help":
@@ -3363,21 +3482,16 @@ def admin_main(argv):
         config.named_by = "lock_name" if config.lock_name else "testparm"
         config.lock_name = find_lock_name(config, Watch(0))
         return (status if mode == "status" else check)(config, log, as_json, sys.stdout)
-    except Terminated:
-        return 3
+    except Terminated as e:
+        return failed("terminated by %s" % _signal_name(e.args[0]), quiet=True)
     except BrokenPipeError:  # | head: nobody reads the rest
         os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
         return 3
     except EtcdLockError as e:
         what = "config error" if isinstance(e, ConfigError) else "cannot ask etcd"
-        log.error("%s - %s" % (what, e))
-        if as_json:
-            import json
-            sys.stdout.write(json.dumps({"error": "%s - %s" % (what, e)}) + "\n")
-        return 3
+        return failed("%s - %s" % (what, e))
     except Exception as e:  # a bug of ours: one line, never a traceback
-        log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
-        return 3
+        return failed("internal error - %s: %s; please report it" % (type(e).__name__, e))
 
 
 def _admin_mode(argv):
@@ -3404,11 +3518,11 @@ def _release(lock, seconds, log, quiet=False, until=None):
     hard_stop = seconds + 1
     if until is not None:
         # Past it already (we were stopped): queue the release, wait for nothing.
-        left = max(until - time.monotonic(), 0)
+        left = max(until - clock(), 0)
         seconds, hard_stop = min(seconds, left / 2), max(min(hard_stop, left * 0.9), 0.1)
     Backstop.arm(hard_stop, "still blocked giving the lock back; exiting")
     try:
-        lock.release(time.monotonic() + seconds)
+        lock.release(clock() + seconds)
     except EtcdLockError as e:
         (log.info if quiet else log.error)(
             "could not release lock - %s; it expires by its TTL" % e)
@@ -3424,5 +3538,5 @@ if __name__ == "__main__":
     # handler would be reported as "ignored due to race condition", with a
     # traceback, and ctdbd sends SIGTERM the moment it reads '1'.
     signal.setitimer(signal.ITIMER_REAL, 0)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGALRM})
+    signal.pthread_sigmask(signal.SIG_BLOCK, Signals.caught | {signal.SIGALRM})
     sys.exit(code)

@@ -231,3 +231,53 @@ def test_status_into_a_closed_pipe(etcd34, tmp_path, stubs, lock_name):
         os.close(write)
     assert done.returncode == 3
     assert done.stderr == b""  # no traceback, no 'internal error'
+
+
+def test_status_names_a_holder_with_a_900_kb_value(etcd34, admin, key):
+    # Legal in etcd (requests up to 1.5 MiB): named, and cut, in both forms.
+    etcd34.v3_put(key, "host=big pnn=1 pid=42 id=00 " + "x" * 900000)
+    try:
+        code, out, err = admin("--status", etcd=etcd34, api="v3")
+        assert code == 0, err[:2000]
+        assert "held by host big, pnn 1, pid 42" in lines(out, "v3")[0], out[:2000]
+        assert len(out) < 2000
+        code, out, err = admin("--status", "--json", etcd=etcd34, api="v3")
+        assert code == 0, err[:2000]
+        holder = json.loads(out)["apis"]["v3"]["holder"]
+        assert holder["pid"] == "42" and holder["value"].startswith("host=big"), holder
+        assert len(out) < 5000, out[:2000]
+    finally:
+        etcd34.v3_delete(key)
+
+
+# The module run with one of its functions replaced by one that fails as a
+# bug of ours would (or as a signal would): --json still prints one object.
+INJECTED = ("import sys\n"
+            "sys.path.insert(0, sys.argv[1])\n"
+            "import ctdb_etcd_lock as m\n"
+            "def broken(*args):\n"
+            "    if sys.argv[3] == 'terminated':\n"
+            "        raise m.Terminated(15)\n"
+            "    return {}['a bug']\n"
+            "setattr(m, sys.argv[2], broken)\n"
+            "sys.exit(m.main(sys.argv[4:]))\n")
+
+
+@pytest.mark.parametrize("how", ["bug", "terminated"])
+@pytest.mark.parametrize("mode", ["status", "check"])
+def test_json_is_one_object_whatever_fails(etcd34, tmp_path, stubs, lock_name, mode, how):
+    config = write_config(str(tmp_path / "etcd"), {"port": etcd34.port,
+                                                   "lock_name": lock_name})
+    done = subprocess.run([sys.executable, "-c", INJECTED, ROOT, mode, how, "--" + mode,
+                           "--json", "-c", config], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30,
+                          env=helper_env(stubs, tmp_path))
+    assert done.returncode == 3, done.stderr
+    report = json.loads(done.stdout.decode())  # exactly one object, nothing else
+    assert list(report) == ["error"], report
+    if how == "bug":
+        assert "internal error" in report["error"] and "KeyError" in report["error"]
+        assert len(done.stderr.decode().splitlines()) == 1, done.stderr
+    else:
+        assert "terminated" in report["error"] and done.stderr == b"", done.stderr
+    assert b"Traceback" not in done.stderr

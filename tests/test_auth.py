@@ -14,6 +14,7 @@ import pytest
 from certs import (enable_v2_auth, enable_v3_auth, error_reason, mentions, session_certs,
                    start_secure_etcd)
 from conftest import held_apis, write_config
+from etcdmember import wait_for
 
 USER = "root"
 PASSWORD = "s3cret-Pa55-7q"
@@ -388,5 +389,45 @@ def test_check_a_user_who_may_not_write_the_lock(tmp_path, spawn_auth, lock_name
         assert check.wait() == 3
         out = check.proc.stdout.read().decode()
         assert "auth     error" in out and "permission denied" in out, out
+    finally:
+        member.stop()
+
+
+# ---------------------------------------------------------------------------
+# Credentials refused while holding: not a word from etcd that the lock is
+# gone, so retried until the fence, as any failed refresh
+
+def test_credentials_refused_for_a_while_keep_the_lock(tmp_path, spawn_auth, key):
+    (tmp_path / "member").mkdir()
+    member = start_secure_etcd("etcd34", tmp_path / "member")
+    try:
+        enable_v2_auth(member, USER, PASSWORD)
+
+        def set_password(password):
+            status, data = member.http("PUT", "/v2/auth/users/" + USER, json.dumps(
+                {"user": USER, "password": password}).encode(),
+                {"Content-Type": "application/json"})
+            assert status == 200, (status, data)
+            member.v2_auth = (USER, password)
+
+        holder = spawn_auth(member, api="v2", args=("-v",), lock_ttl=6, refresh=0.5,
+                            username=USER, password=PASSWORD)
+        assert holder.status() == "0", holder.stderr()
+        value = member.v2_value(key)
+        set_password(WRONG)
+        try:
+            wait_for(lambda: holder.stderr().count("refresh failed") >= 2 or
+                     not holder.running(), 4, "two refreshes refused")
+        finally:
+            set_password(PASSWORD)
+        wait_for(lambda: "refresh works again" in holder.stderr() or not holder.running(),
+                 4, "a refresh to work again")
+        assert holder.running(), holder.stderr()
+        assert "lock lost" not in holder.stderr(), holder.stderr()
+        assert "refused us" in holder.stderr()
+        assert member.v2_value(key) == value
+        assert holder.terminate() == 0
+        assert member.v2_value(key) is None
+        assert_no_secret(holder)
     finally:
         member.stop()

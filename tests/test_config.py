@@ -1,6 +1,7 @@
 """The config file and command line: the original's format and settings,
 and one clear line (status 3) for every mistake."""
 
+import json
 import os
 import time
 import uuid
@@ -423,3 +424,38 @@ def test_a_bad_password_is_never_shown(spawn, tmp_path):
     path.chmod(0o600)
     line = one_error_line(spawn(config=str(path), args=()))
     assert "password" in line and "S3cret" not in line, line
+
+
+# A line that is no 'key = value' may hold a password: it is never quoted,
+# whatever shape it has (only a known setting's name and the line number).
+SECRET = "s3cret-Zq81"
+LEAKY_LINES = [
+    ("colon", "password: %s" % SECRET, "password"),
+    ("space", "password %s" % SECRET, "password"),
+    ("tab", "password\t%s" % SECRET, "password"),
+    ("colon, no space", "password:%s" % SECRET, None),
+    ("colon, with '=' in the value", "password: %s=x" % SECRET, "password"),
+    ("value alone", SECRET, None),
+    ("no key", "= %s" % SECRET, None),
+    ("misspelt", "pasword %s" % SECRET, None),
+]
+
+
+@pytest.mark.parametrize("line,named", [case[1:] for case in LEAKY_LINES],
+                         ids=[case[0] for case in LEAKY_LINES])
+def test_a_malformed_line_never_shows_a_password(spawn, tmp_path, line, named):
+    path = tmp_path / "etcd"
+    path.write_text("username = root\n%s\nport = 2379\n" % line)
+    path.chmod(0o600)
+    said = one_error_line(spawn(config=str(path), args=("-vvv",)))
+    assert SECRET not in said and "s3cret" not in said, said
+    assert "%s:2:" % path in said and "config error" in said, said
+    if named:
+        assert named in said, said
+    for mode in ("--check", "--status"):
+        admin = spawn(config=str(path), args=(mode, "--json"))
+        assert admin.wait() == 3
+        out = admin.proc.stdout.read().decode()
+        error = json.loads(out)["error"]
+        assert "%s:2:" % path in error and SECRET not in error, error
+        assert "s3cret" not in out + admin.stderr(), (out, admin.stderr())

@@ -260,3 +260,51 @@ def test_parent_gone_while_etcd_is_silent(own_etcd, tmp_path, key, spawn_under_p
         assert time.monotonic() - killed < 0.5 + 0.2
     finally:
         etcd.resume()
+
+
+# ---------------------------------------------------------------------------
+# A suspend (a laptop's, a VM paused by its hypervisor): the time it takes
+# counts, so the first wakeup after a resume fences.
+
+class SuspendingWatch:
+    """Its first sleep is a suspend of an hour: CLOCK_BOOTTIME goes on,
+    CLOCK_MONOTONIC stands still, as Linux does it."""
+
+    def __init__(self):
+        self.suspended = 0.0
+        self.sleeps = 0
+
+    def sleep(self, seconds):
+        self.sleeps += 1
+        if self.sleeps == 1:
+            self.suspended += 3600
+
+
+class UnreachableLock:
+    """etcd out of reach on resume; a refresh after the resume is the bug."""
+
+    api = "v3"
+
+    def refresh(self, deadline):
+        raise AssertionError("refreshed after a resume an hour past the lock's expiry, "
+                             "instead of fencing")
+
+
+@pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="no CLOCK_BOOTTIME here")
+def test_first_wakeup_after_a_suspend_fences(monkeypatch):
+    watch = SuspendingWatch()
+    real = time.clock_gettime
+
+    def boottime(clock_id):
+        if clock_id == time.CLOCK_BOOTTIME:
+            return time.monotonic() + watch.suspended
+        return real(clock_id)
+    monkeypatch.setattr(time, "clock_gettime", boottime)
+    config = ctdb_etcd_lock.Config({"lock_name": "suspend"})
+    # Just taken: valid for lock_ttl from now (both clocks agree until the suspend).
+    holder = ctdb_etcd_lock.Holder(UnreachableLock(), config, ctdb_etcd_lock.Log(0), watch,
+                                   time.monotonic() + config.lock_ttl)
+    with pytest.raises(ctdb_etcd_lock.LockLost) as lost:
+        holder.hold()
+    assert lost.value.fenced and watch.sleeps == 1
+    assert "no refresh of /_locks/_ctdb/suspend succeeded for 36" in str(lost.value)

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 from conftest import HELPER, SYSTEM_PYTHON
 
@@ -61,3 +62,23 @@ def test_plain_http_never_loads_ssl(etcd34, spawn, tmp_path):
     assert holder.terminate() == 0
     modules = noted.read_text().split()
     assert "socket" in modules and "ssl" not in modules, modules
+
+
+def test_one_clock_and_it_counts_a_suspend():
+    # Every deadline and the lock's life count on one clock, CLOCK_BOOTTIME
+    # where there is one: time.monotonic() stands still while the system is
+    # suspended.  It appears only as the fallback of that one definition.
+    tree = ast.parse(open(HELPER).read())
+    uses = [node for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+            and node.attr == "monotonic" and isinstance(node.value, ast.Name)
+            and node.value.id == "time"]
+    choices = [node for node in tree.body if isinstance(node, ast.If)
+               and "CLOCK_BOOTTIME" in ast.dump(node.test)]
+    assert len(choices) == 1, "no one module-level choice of CLOCK_BOOTTIME"
+    fallback = {id(node) for statement in choices[0].orelse for node in ast.walk(statement)}
+    assert [node.lineno for node in uses if id(node) not in fallback] == []
+    if hasattr(time, "CLOCK_BOOTTIME"):
+        import ctdb_etcd_lock
+        before = time.clock_gettime(time.CLOCK_BOOTTIME)
+        now = ctdb_etcd_lock.clock()
+        assert before <= now <= time.clock_gettime(time.CLOCK_BOOTTIME)

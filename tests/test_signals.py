@@ -654,20 +654,42 @@ def test_status_write_failing_releases(etcd34, launch, key):
     assert nothing_held(etcd34, key), what_is_held(etcd34, key)
 
 
-# Blocks SIGTERM, SIGINT and SIGALRM, then becomes the helper: the mask is
-# inherited across exec.
+# Blocks SIGTERM, SIGINT, SIGHUP, SIGUSR1 and SIGALRM, then becomes the
+# helper: the mask is inherited across exec.
 BLOCKING = ("import os, signal, sys\n"
             "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT,"
-            " signal.SIGALRM})\n"
+            " signal.SIGHUP, signal.SIGUSR1, signal.SIGALRM})\n"
             "os.execv(sys.argv[1], sys.argv[1:])\n")
 
 
-def test_inherited_signal_mask_does_not_keep_sigterm_out(etcd34, launch, key):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_inherited_signal_mask_does_not_keep_sigterm_out(etcd34, launch, key, signum):
     holder = launch(etcd34, api="auto", args=(), wrap=[SYSTEM_PYTHON, "-c", BLOCKING])
     assert holder.status() == "0", holder.stderr()
-    holder.proc.send_signal(signal.SIGTERM)
+    holder.proc.send_signal(signum)
     assert holder.wait(1) == 0
     assert nothing_held(etcd34, key), what_is_held(etcd34, key)
+
+
+# Every signal whose default action ends a process gets SIGTERM's handling:
+# left to that default, it would kill a holder outright, the lock left
+# behind for up to lock_ttl.
+ENDING = [signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGQUIT, signal.SIGPROF,
+          signal.SIGRTMIN + 2]
+
+
+@pytest.mark.parametrize("signum", ENDING, ids=["HUP", "USR1", "USR2", "QUIT", "PROF",
+                                               "RTMIN+2"])
+@pytest.mark.parametrize("flavour,api", [("etcd34", "auto"), ("etcd35", "v3")])
+def test_other_ending_signals_release_like_sigterm(member, api, launch, key, signum):
+    holder = launch(member, api=api, args=("-v",))
+    assert holder.status() == "0", holder.stderr()
+    holder.proc.send_signal(signum)
+    code = holder.wait(3)
+    assert code == 0, "exit %s; stderr: %s" % (code, holder.stderr())
+    assert nothing_held(member, key), what_is_held(member, key)  # given back, not left
+    assert "releasing lock %s: terminated by" % key in holder.stderr(), holder.stderr()
+    assert no_traceback(holder.stderr()), holder.stderr()
 
 
 def test_stdout_closed_and_stderr_full_exits_at_once(etcd34, launch, full_pipe, key):

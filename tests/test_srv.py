@@ -370,3 +370,20 @@ def test_sigterm_while_the_resolver_is_silent(etcd34, dns, namespace, tmp_path, 
     assert time.monotonic() - told < 1
     assert helper.status(0.1) == ""
     assert "Traceback" not in helper.stderr()
+
+
+# ---------------------------------------------------------------------------
+# Targets get the checks a host in the config gets
+
+@pytest.mark.parametrize("target", ["m1@x." + DOMAIN, "bad name." + DOMAIN,
+                                    "a/b." + DOMAIN], ids=["at", "space", "slash"])
+def test_a_target_that_is_no_host_name(dns, srv_helper, target):
+    dns.srv(CLIENT, (0, 10, 2379, target))
+    line = one_error_line(srv_helper(args=()))
+    assert CLIENT in line and target in line and "fix the DNS" in line, line
+
+
+def test_more_than_100_targets(etcd34, dns, srv_helper):
+    dns.srv(CLIENT, *[(0, 10, etcd34.port, "m%d.%s" % (i, DOMAIN)) for i in range(101)])
+    line = one_error_line(srv_helper(args=()))
+    assert DOMAIN in line and "101" in line and "100" in line and "fix the DNS" in line, line

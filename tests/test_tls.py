@@ -176,6 +176,36 @@ def test_client_certificate(tls_members, certs, spawn, key, form):
     assert holder.stderr() == ""
 
 
+# The key, in each form, in a file others may read: the same warning as for
+# a password (the helper once on stderr, --check as a warning row).
+READABLE_KEY_FORMS = {
+    "combined PEM": lambda c, key: {"cert": key},
+    "tuple": lambda c, key: {"cert": "('%s', '%s')" % (c.client.cert, key)},
+    "cert and key": lambda c, key: {"cert": c.client.cert, "key": key},
+}
+
+
+@pytest.mark.parametrize("form", sorted(READABLE_KEY_FORMS))
+def test_key_file_readable_by_others_warns(tls_members, certs, spawn, key, form, tmp_path):
+    member = tls_members("mtls34")
+    source = certs.client.combined if form == "combined PEM" else certs.client.key
+    readable = tmp_path / "client-key.pem"
+    readable.write_bytes(open(source, "rb").read())
+    readable.chmod(0o644)
+    settings = https(certs, **READABLE_KEY_FORMS[form](certs, str(readable)))
+    holder = spawn(member, api="v3", args=(), **settings)
+    assert holder.status() == "0", holder.stderr()
+    assert holder.terminate() == 0
+    lines = holder.stderr_lines()
+    assert len(lines) == 1, lines
+    assert str(readable) in lines[0] and "chmod 600" in lines[0], lines
+    check = spawn(member, api="v3", args=("--check",), **settings)
+    assert check.wait() == 0
+    rows = [row for row in check.proc.stdout.read().decode().splitlines()
+            if row.split()[:2] == ["config", "warning"]]
+    assert len(rows) == 1 and str(readable) in rows[0], rows
+
+
 # ---------------------------------------------------------------------------
 # Failures: status 3, one line naming the endpoint and the reason, quickly
 

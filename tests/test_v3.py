@@ -106,3 +106,21 @@ def test_auto_against_original_holding_v3_free(etcd34, spawn, spawn_original):
     original = spawn_original(etcd34)
     assert original.status() != "0"
     auto.terminate()
+
+
+# etcd takes requests up to --max-request-bytes (1.5 MiB by default): a
+# value this big on the lock's key is legal, and its answer (base64, in
+# JSON) is 1.2 MB.
+BIG_VALUE = "host=big pnn=1 pid=42 id=00 " + "x" * 900000
+
+
+def test_a_900_kb_value_on_the_key_is_contention(etcd, spawn, key):
+    etcd.v3_put(key, BIG_VALUE)
+    try:
+        other = spawn(etcd, api="v3", args=("-v",))
+        assert other.status() == "1", other.stderr()[:2000]
+        assert other.wait() == 1
+        assert "held by host=big pnn=1 pid=42" in other.stderr(), other.stderr()[:2000]
+        assert len(other.stderr()) < 5000
+    finally:
+        etcd.v3_delete(key)
