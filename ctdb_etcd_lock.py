@@ -86,6 +86,7 @@ import sys
 import time
 
 PROG = "ctdb_etcd_lock"
+__version__ = "1.0.0"
 
 # The one clock of every deadline and of the lock's life.  CLOCK_BOOTTIME
 # goes on while the system is suspended (a laptop's suspend, a VM paused by
@@ -122,13 +123,16 @@ class TransportError(EtcdLockError):
 
 
 class EtcdError(EtcdLockError):
-    """etcd answered with an error this helper has no use for."""
+    """etcd answered with an error this helper has no use for: its HTTP
+    ``status``, etcd's ``code``, the key it is about (v2's ``cause``) and
+    etcd's own words (``detail``)."""
 
-    def __init__(self, message, status=None, code=None, cause=None):
+    def __init__(self, message, status=None, code=None, cause=None, detail=""):
         super().__init__(message)
         self.status = status
         self.code = code
-        self.cause = cause  # v2: the key the error is about
+        self.cause = cause
+        self.detail = detail
 
 
 class ApiNotServed(EtcdLockError):
@@ -136,16 +140,20 @@ class ApiNotServed(EtcdLockError):
 
 
 class AuthError(EtcdLockError):
-    """etcd refused our credentials, or wants some."""
+    """etcd refused our credentials, or wants some (``detail``: etcd's words)."""
+
+    def __init__(self, message, detail=""):
+        super().__init__(message)
+        self.detail = detail
 
 
 class LockContended(EtcdLockError):
-    """Someone else holds the lock: ``holding`` (a Holding) says who, and
-    for how long; ``lock`` is the lock that found it."""
+    """Someone else holds the lock: ``occupant`` (an Occupant) says who,
+    and for how long; ``lock`` is the lock that found it."""
 
-    def __init__(self, holding, lock=None):
-        super().__init__(holding.holder)
-        self.holding = holding
+    def __init__(self, occupant, lock=None):
+        super().__init__(occupant.value)
+        self.occupant = occupant
         self.lock = lock
 
 
@@ -574,14 +582,18 @@ class Config:
 
     Attributes carry the names of SETTINGS.  ``source`` is the file they came
     from (or None) and ``lines`` maps each setting given there to its line
-    number, for messages.
+    number, for messages.  Without lock_name, ``name_lock(file)`` names the
+    lock (Samba's netbios name); ``lock_name_from`` says where the name came
+    from ("lock_name", "testparm", or None: not named).
     """
 
-    def __init__(self, values, source=None, lines=None, unknown=(), mode=0):
+    def __init__(self, values, source=None, lines=None, unknown=(), mode=0,
+                 name_lock=None):
         for name, setting in SETTINGS.items():
             setattr(self, name, values.get(name, setting.default))
         self.source = source
         self.lines = dict(lines or {})
+        self.lock_name_from = "lock_name" if self.lock_name else None
         # Warnings for the log.
         self.ignored = ["%s:%d: unknown setting %s is ignored" % (source, line, _cut(key))
                         for line, key in unknown]
@@ -594,6 +606,8 @@ class Config:
         self._check()
         self._check_key_file()
         self.endpoints = self._endpoints()
+        if not self.lock_name and name_lock is not None:  # once the rest is right
+            self.lock_name, self.lock_name_from = name_lock(self.file), "testparm"
 
     @property
     def file(self):
@@ -625,8 +639,7 @@ class Config:
             raise ConfigError("%s: %s without %s; give both or neither" % (
                 self.where(given), given, "password" if self.username else "username"))
         where = self.where("refresh" if "refresh" in self.lines else "lock_ttl")
-        if self.refresh >= self.lock_ttl * (1 - FENCE_SHARE):
-            # The helper gives the lock up FENCE_SHARE of lock_ttl early.
+        if timing_problem(self.lock_ttl, self.refresh)[0] == "error":
             raise ConfigError("%s: refresh (%gs) must be less than %g%% of lock_ttl "
                               "(%ds), or the lock could not be refreshed in time; "
                               "e.g. refresh = %g" % (
@@ -663,19 +676,38 @@ class Config:
         return members
 
     @property
-    def tls(self):
-        """Whether some member may speak https (ssl is imported only then)."""
-        return (self.srv_domain is not None or self.protocol == "https"
-                or any(endpoint.scheme == "https" for endpoint in self.endpoints or ()))
-
-    @property
     def lock_key(self):
         """The lock's key, as etcd names it (before escaping)."""
         return "/_locks/%s/%s" % (self.locks_dir, self.lock_name)
 
+    @property
+    def fence_margin(self):
+        """How long before the lock could expire the holder gives it up."""
+        return self.lock_ttl * FENCE_SHARE
 
-def read_config(path, required):
-    """Parse a ``key = value`` file into a Config.
+
+def timing_problem(lock_ttl, refresh, shortest=None):
+    """The one rule for lock_ttl and refresh: (level, why).  "error": the
+    holder could not refresh before its fence (no config may say so);
+    "warning": one late refresh, or a leader election in etcd (etcd's
+    shortest lease, where known, is one and a half election timeouts), would
+    cost the lock.  The holder gives the lock up FENCE_SHARE of lock_ttl
+    before it could expire."""
+    margin = lock_ttl * (1 - FENCE_SHARE) - refresh
+    if margin <= 0:
+        return "error", ": the holder would give the lock up before its first refresh; " \
+            "make refresh much shorter than lock_ttl"
+    if shortest is not None and shortest > lock_ttl:
+        return "warning", ": etcd stretches every lease to %d s, so a dead holder's lock " \
+            "lives longer than lock_ttl" % shortest
+    if refresh > lock_ttl / 3 or shortest is not None and margin < shortest:
+        return "warning", ": a leader election in etcd, or two late refreshes, would cost " \
+            "the lock; keep refresh at a third of lock_ttl or less"
+    return "ok", ""
+
+
+def read_config(path, required, name_lock=None):
+    """Parse a ``key = value`` file into a Config (``name_lock``: see Config).
 
     A missing file gives the defaults unless ``required`` (the admin named it
     with -c).  Blank lines and lines starting with '#' or ';' are comments; so
@@ -688,7 +720,7 @@ def read_config(path, required):
         if required:
             raise ConfigError("config file %s does not exist; create it or fix -c"
                               % path) from None
-        return Config({})
+        return Config({}, name_lock=name_lock)
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError("cannot read config file %s: %s; make it readable "
                           "UTF-8 text" % (path, getattr(e, "strerror", None) or e)) from None
@@ -723,7 +755,7 @@ def read_config(path, required):
                 e = "not a usable password (a quote not closed?)"
             raise ConfigError("%s: bad %s: %s" % (where, key, e)) from None
         lines[name] = number
-    return Config(values, path, lines, unknown, mode)
+    return Config(values, path, lines, unknown, mode, name_lock)
 
 
 def _setting_word(text):
@@ -1025,25 +1057,24 @@ def run_quietly(argv, timeout, watch):
     return out.decode("utf-8", "replace").strip()
 
 
-def find_lock_name(config, watch):
-    """lock_name from the config, else Samba's netbios name from testparm."""
-    if config.lock_name:
-        return config.lock_name
+def netbios_name(config_file, watch):
+    """The lock's name where the config gives none: Samba's netbios name,
+    from testparm."""
     # Within ctdbd's 5 s for an end-of-recovery check, with time for etcd.
     name = run_quietly(["testparm", "-s", "--parameter-name", "netbios name"], 3, watch)
     name = name.splitlines()[0].strip() if name else ""
     if not name:
         raise ConfigError("cannot name the lock: testparm gave no netbios name (it "
                           "failed, took over 3s or said too much); set lock_name in %s "
-                          "(the same on every node)" % config.file)
+                          "(the same on every node)" % config_file)
     try:
         return _lock_name(name)
     except ValueError as e:
         raise ConfigError("netbios name from testparm is no usable lock name: %s; "
-                          "set lock_name in %s" % (e, config.file))
+                          "set lock_name in %s" % (e, config_file))
 
 
-def holder_value(watch):
+def our_value(watch):
     """This holder, as etcdctl and the logs show it; unique per acquisition."""
     pnn = run_quietly(["ctdb", "pnn"], 2, watch)
     pnn = pnn if pnn and pnn.isdigit() else "?"
@@ -1790,7 +1821,7 @@ class Transport:
                     cluster_id = _int(json.loads(body.decode())["header"]["cluster_id"])
                 except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
                     pass
-                cluster_id = format(cluster_id, "x") if cluster_id else None
+                cluster_id = _hex(cluster_id) if cluster_id else None
             if cluster_id:
                 self.check_cluster(cluster_id, endpoint.url)
                 return True
@@ -1883,6 +1914,27 @@ class Transport:
                     continue
                 answers.append(Response(status, headers, body, conn.endpoint.url))
         return answers
+
+    def endpoints(self, deadline):
+        """The members (found by DNS SRV, where so configured)."""
+        return [endpoint for endpoint, _ in self._members(deadline)]
+
+    def about_member(self, index, deadline, v2_headers, about):
+        """What one member says of itself, for --check, filled into
+        ``about``: its version, whether it serves v3 (and its cluster id)
+        and v2.  TransportError or EtcdError if it does not answer."""
+        what = "the answer of %s" % self.members[index][0].url
+        version = self.ask(index, "GET", "/version", deadline).json()
+        about["version"] = _field(version, "etcdserver", str, what, None)
+        response = self.ask(index, "POST", "/v3/maintenance/status", deadline, body=b"{}")
+        about["v3"] = response.status == 200
+        if about["v3"]:
+            header = _field(response.json(), "header", dict, what, {})
+            about["cluster_id"] = _hex(_field(header, "cluster_id", "int64", what, 0))
+        response = self.ask(index, "GET", self.config.version_prefix + "/keys/", deadline,
+                            headers=v2_headers)
+        about["v2"] = not _serves_no_v2(response)
+        return about
 
     def ask(self, index, method, path, deadline, body=None, headers=None):
         """One member's answer (for --check), or TransportError."""
@@ -2020,40 +2072,32 @@ class Transport:
 
 
 # ---------------------------------------------------------------------------
-# The locks.  Each speaks through the same small interface:
+# The locks.  V2Lock and V3Lock speak the interface of Lock, and so does
+# LockSet, which holds several as one.
 #
-#   acquire(deadline)  take the lock or raise LockContended; returns valid_until
-#   refresh(deadline)  extend it or raise LockLost; returns valid_until
-#   release(deadline)  give it back if it is still ours (safe to call always)
-#   holding(deadline)  who holds it now (a Holding), or None; changes nothing
-#
-#   next_round(value)  a new try after a wait, under a new value
-#
-# valid_until is the clock() time at which the lock may expire on the server
-# at the earliest: the send time of the request that set the TTL, plus the TTL.
-# A request we gave up on may still be applied later, in any order, so "the
-# request that set the TTL" must be one that no request of ours sent earlier
-# can overtake; each lock says below which send it counts from.
-# An error etcd gives with a 4xx status is about the lock itself, and final;
-# others (5xx, transport) may pass, and are retried until the deadline.
-# acquire() leaves cleaning up to release(): contention included, main()
-# gives back whatever was taken before it says '1'.
+# Every answer is checked where it is parsed, into the small records below
+# (a v2 node, a v3 key-value, a lease): a field etcd would give otherwise
+# is a TransportError naming it, retried like a member that did not answer.
+# Anything else that goes wrong in here is a bug of ours, and reported as
+# one: the lock is given back at once.
 
-class Holding:
-    """A lock's holder as etcd shows it.
+class Occupant:
+    """Who holds a lock, as etcd shows it.
 
-    ``holder`` is its value (host, pnn, pid); ``left`` the whole seconds
+    ``value`` names the holder (host, pnn, pid); ``left`` the whole seconds
     until its TTL runs out as etcd counts them (None: it has no TTL);
     ``granted`` the TTL it was given (None: etcd does not say, as in v2);
     ``since`` the etcd revision (v3) or index (v2) that created it;
-    ``ident`` changes when another takes the lock; ``rounding`` is how
-    much more than ``left`` may really be left (v3 rounds down, v2 up);
+    ``ident`` changes when another takes the lock; ``rounding`` is how much
+    more than ``left`` may really be left (v3 rounds down, v2 up);
     ``expires`` is etcd's wall-clock time of expiry, where it says (v2).
     """
 
-    def __init__(self, holder, left=None, granted=None, since=None, ident=None, rounding=0,
+    __slots__ = ("value", "left", "granted", "since", "ident", "rounding", "expires")
+
+    def __init__(self, value, left=None, granted=None, since=None, ident=None, rounding=0,
                  expires=None):
-        self.holder = holder
+        self.value = value
         self.left = left
         self.granted = granted
         self.since = since
@@ -2062,22 +2106,161 @@ class Holding:
         self.expires = expires
 
 
+class Lock:
+    """What every lock does.  Deadlines and the times returned are clock()
+    values.
+
+    valid_until, returned by acquire() and refresh(), is the time before
+    which the lock cannot expire on etcd: the send time of the request that
+    set its TTL, plus the TTL.  A request we gave up on may still be applied
+    later, in any order, so that request must be one that no request of
+    ours sent earlier can overtake: each lock says which send it counts
+    from.
+
+    Errors: LockContended (someone else holds it), LockLost (it was ours
+    and is not any more), ApiNotServed, AuthError, EtcdError (etcd said no:
+    a 4xx status is about the lock itself and final, others may pass),
+    TransportError (no member answered as etcd would).
+    """
+
+    api = None  # "v2", "v3", or both joined by "+"
+    required = True  # False: skipped where etcd does not serve its api (auto)
+
+    def acquire(self, deadline):
+        """Take the lock: valid_until.  On contention, give back what this
+        try queued or took, then raise LockContended (as etcd's TryLock
+        does).  Any other error may leave something of ours behind:
+        release() finds it."""
+        raise NotImplementedError
+
+    def refresh(self, deadline):
+        """Extend the lock: the new valid_until.  LockLost when etcd says it
+        is not ours any more; TransportError, EtcdError or AuthError when
+        it could not be proved either way (the holder tries again until its
+        fence)."""
+        raise NotImplementedError
+
+    def release(self, deadline):
+        """Give back whatever may be ours, also after an acquire() that
+        failed halfway; safe to call at any time, and again.  An error
+        means etcd could not be asked: what is ours expires by its TTL."""
+        raise NotImplementedError
+
+    def holding(self, deadline):
+        """Who holds the lock now: an Occupant, or None.  Changes nothing."""
+        raise NotImplementedError
+
+    def next_round(self, value):
+        """Take a new value for a new try after a handover wait (release()
+        came first): nothing sent for an earlier try can pass for this
+        one's, or be timed from this one's sends."""
+        raise NotImplementedError
+
+
+# -- Answers, checked where they are parsed
+
+_REQUIRED = object()
+
+
+def _field(record, name, kind, what, default=_REQUIRED):
+    """record[name] as ``kind``: str, int, bool, list, dict, or "int64" (a
+    v3 number, which the gateway gives as a decimal string).  Missing:
+    ``default`` where one is given (etcd leaves out zero values).  Else a
+    TransportError naming ``what`` and the field."""
+    if not isinstance(record, dict):
+        raise TransportError("%s is no JSON object: %s" % (what, _cut(repr(record), 80)))
+    if name not in record and default is not _REQUIRED:
+        return default
+    value = record.get(name)
+    if kind == "int64":
+        if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) <= 20:
+            return int(value)
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise TransportError("%s has %s %s where etcd gives %s" % (
+        what, name, _cut(repr(value), 60),
+        "a number in a string" if kind == "int64" else "a " + kind.__name__))
+
+
+class V2Node:
+    """A node of a v2 answer: a lock's directory, or an entry in it."""
+
+    __slots__ = ("key", "value", "dir", "ttl", "expiration", "created", "modified", "nodes")
+
+    def __init__(self, raw, what):
+        self.key = _field(raw, "key", str, what)
+        self.dir = _field(raw, "dir", bool, what, False)
+        self.value = _field(raw, "value", str, what, None)
+        self.ttl = _field(raw, "ttl", int, what, 0)  # left out once 0 (expired)
+        self.expiration = _field(raw, "expiration", str, what, None)
+        self.created = _field(raw, "createdIndex", int, what)
+        self.modified = _field(raw, "modifiedIndex", int, what)
+        self.nodes = [V2Node(node, what) for node in _field(raw, "nodes", list, what, [])]
+
+    def occupant(self):
+        return Occupant(self.value, self.ttl if self.expiration else None, since=self.created,
+                        ident=self.key, expires=self.expiration)
+
+
+class V3Kv:
+    """A key-value of a v3 answer: its value (as text), create revision and
+    lease (0: none)."""
+
+    __slots__ = ("raw_value", "value", "created", "lease")
+
+    def __init__(self, raw, what):
+        self.raw_value = _field(raw, "value", str, what, "")
+        self.value = _b64_text(self.raw_value)
+        self.created = _field(raw, "create_revision", "int64", what)
+        self.lease = _field(raw, "lease", "int64", what, 0)
+
+
+def _kvs(data, what):
+    """The key-values of a range answer."""
+    return [V3Kv(kv, what) for kv in _field(data, "kvs", list, what, [])]
+
+
+def _txn_range(data, what):
+    """The key-values of the range inside a transaction's answer."""
+    kvs = []
+    for answer in _field(data, "responses", list, what, []):
+        found = _field(answer, "response_range", dict, what, None)
+        if found is not None:
+            kvs += _kvs(found, what)
+    return kvs
+
+
+def _b64_text(text):
+    """A value as etcd's gateway gives it (base64), as text; never raises:
+    it names holders in messages."""
+    import base64
+    try:
+        return base64.b64decode(text).decode("utf-8", "replace")
+    except (TypeError, ValueError):
+        return "(not base64: %r)" % _cut(str(text), 40)
+
+
+def _b64(text):
+    import base64
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _int(text):
+    """A number from an answer that only names things (--status), or 0."""
+    try:
+        return int(text)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
+        return 0
+
+
+def _hex(cluster_id):
+    """A cluster id as etcd's v2 header and python-etcd write it."""
+    return format(_int(cluster_id), "x")
+
+
 def _quote(path):
     from urllib.parse import quote
     return quote(path, safe="/")
-
-
-def _etcd_shaped(operation):
-    """An answer of the wrong shape (an object where etcd gives a list, a
-    number where it gives a string, a field missing) is an answer etcd would
-    not give: a TransportError like any other, never a crash of ours."""
-    def checked(lock, deadline):
-        try:
-            return operation(lock, deadline)
-        except (AttributeError, TypeError, KeyError, IndexError, ValueError) as e:
-            raise TransportError("%s answered in a way etcd would not (%s: %s)" % (
-                lock.transport.endpoint, type(e).__name__, _cut(str(e), 80))) from None
-    return checked
 
 
 def _serves_no_v2(response):
@@ -2091,7 +2274,7 @@ def _final(error):
     return error.status is not None and error.status < 500 and error.status not in (408, 429)
 
 
-class V2Lock:
+class V2Lock(Lock):
     """The lock in etcd's v2 keys API, by the original helper's recipe: an
     in-order entry in the lock's directory; the entry first by name holds.
 
@@ -2124,7 +2307,7 @@ class V2Lock:
         self.ttl = config.lock_ttl
         self.value = value
         self.log = log
-        self.required = required  # False: skip where etcd serves no v2 (api = auto)
+        self.required = required
         self.path = config.lock_key
         self.url = config.version_prefix + "/keys" + _quote(config.lock_key)
         self.entry = None  # the key of our entry, once etcd named it
@@ -2139,8 +2322,11 @@ class V2Lock:
             self.headers["Authorization"] = "Basic " + base64.b64encode(
                 ("%s:%s" % (config.username, config.password)).encode("utf-8")).decode()
 
-    def _answer(self, response):
-        """JSON of a v2 answer; ApiNotServed when v2 is switched off."""
+    # -- requests and answers
+
+    def _node(self, response):
+        """The node of a v2 answer; ApiNotServed when v2 is switched off,
+        AuthError or EtcdError for etcd's errors."""
         if _serves_no_v2(response):
             raise ApiNotServed("%s does not serve the v2 API at %s (etcd 3.6, or 3.4/3.5 "
                                "without --enable-v2); set api = v3 (or auto), or fix "
@@ -2149,68 +2335,58 @@ class V2Lock:
         data = response.json()
         self.transport.check_cluster(response.headers.get("x-etcd-cluster-id"),
                                      response.endpoint)
-        if data.get("errorCode") == 110:
-            raise AuthError("etcd's v2 API at %s refused us: %s; check username and "
-                            "password in %s" % (response.endpoint, data.get("message"),
-                                                self.config.file))
         if "errorCode" in data:
-            code = data.get("errorCode")
+            what = "v2 error from %s" % response.endpoint
+            code = _field(data, "errorCode", int, what)
+            message = _field(data, "message", str, what, "")
+            cause = _field(data, "cause", str, what, "")
+            if code == 110:
+                raise AuthError("etcd's v2 API at %s refused us: %s; check username and "
+                                "password in %s" % (response.endpoint, message,
+                                                    self.config.file))
             raise EtcdError("etcd at %s: %s (v2 error %s, %s)" % (
-                response.endpoint, data.get("message"), code, data.get("cause")),
-                response.status, code, data.get("cause"))
+                response.endpoint, message, code, cause), response.status, code, cause)
         if "node" not in data:
             raise TransportError("%s answered HTTP %d without a node: %r" % (
                 response.endpoint, response.status, response.body[:60]))
-        return data
+        return V2Node(data["node"], "the v2 node %s answered" % response.endpoint)
 
     def _request(self, method, url, deadline, form=None, behind=False):
+        """(send time, node) of one request."""
         sent = self.transport.clock()
         response = self.transport.request(method, url, deadline, form=form,
                                           headers=self.headers, behind=behind, api="v2")
-        return sent, self._answer(response)
+        return sent, self._node(response)
 
-    def _entry_url(self):
-        return self.url + "/" + _quote(self.entry.rsplit("/", 1)[-1])
+    def _entry_url(self, key=None):
+        return self.url + "/" + _quote((key or self.entry).rsplit("/", 1)[-1])
 
-    def _entries(self, deadline):
-        """The queue: entries of the lock's directory, first by key name first."""
+    def entries(self, deadline):
+        """The queue: the entries of the lock's directory, first by name
+        first (python-etcd's order); the first holds the lock."""
         try:
-            _, data = self._request("GET", self.url + "?quorum=true", deadline)
+            _, node = self._request("GET", self.url + "?quorum=true", deadline)
         except EtcdError as e:
             if e.code == 100:  # the directory is gone: nobody is queued
                 return []
             raise
-        if not data["node"].get("dir"):
+        if not node.dir:
             raise EtcdLockError(
                 "etcd has a plain key at %s (value %r) where the lock's directory belongs; "
-                "no helper writes one there, so remove it" % (self.path, data["node"].get("value")))
-        return sorted((node for node in data["node"].get("nodes") or [] if not node.get("dir")),
-                      key=lambda node: node["key"])
+                "no helper writes one there, so remove it" % (self.path, node.value))
+        return sorted((entry for entry in node.nodes if not entry.dir),
+                      key=lambda entry: entry.key)
 
-    def _first_entry(self, deadline):
-        """The entry that holds the lock now (python-etcd: first by key name)."""
-        entries = self._entries(deadline)
-        return entries[0] if entries else None
-
-    @staticmethod
-    def _holding(entry):
-        # etcd leaves out a ttl of 0 (expired, not yet removed).
-        ttl = entry.get("ttl", 0)
-        left = None if not entry.get("expiration") else ttl if isinstance(ttl, int) else 0
-        return Holding(entry.get("value"), left, since=entry.get("createdIndex"),
-                       ident=entry.get("key"), expires=entry.get("expiration"))
-
-    @_etcd_shaped
     def holding(self, deadline):
-        first = self._first_entry(deadline)
-        return self._holding(first) if first else None
+        entries = self.entries(deadline)
+        return entries[0].occupant() if entries else None
 
-    @_etcd_shaped
     def queue(self, deadline):
-        """Every entry as a Holding, the holder first (for --status)."""
-        return [self._holding(entry) for entry in self._entries(deadline)]
+        """Every entry as an Occupant, the holder first (for --status)."""
+        return [entry.occupant() for entry in self.entries(deadline)]
 
-    @_etcd_shaped
+    # -- the lock
+
     def acquire(self, deadline):
         # 1. Queue our entry.  Whose answer is lost may be sent again (to
         #    another member): every entry with our value is ours, and the
@@ -2218,7 +2394,7 @@ class V2Lock:
         self.posted = True  # from here on, an entry of ours may stand there
         unanswered = self.transport.unanswered
         try:
-            sent, data = self._request("POST", self.url, deadline,
+            sent, node = self._request("POST", self.url, deadline,
                                        {"value": self.value, "ttl": self.ttl})
         except ApiNotServed:
             self.posted = False
@@ -2229,52 +2405,58 @@ class V2Lock:
                                     "belongs; no helper writes one there, so remove it "
                                     "(or fix locks_dir)" % e.cause) from None
             raise
-        node = data["node"]
-        if node.get("value") != self.value or not node.get("key", "").startswith(self.path + "/"):
-            raise TransportError("%s answered our write with %r" % (
-                self.transport.endpoint, node))
-        self.entry = node["key"]
+        if node.value != self.value or not node.key.startswith(self.path + "/"):
+            raise TransportError("%s answered our write with another entry: %s" % (
+                self.transport.endpoint, _cut(node.key, 80)))
+        self.entry = node.key
         self.resent = self.transport.unanswered > unanswered
-        # 2. Ours holds if it is first.  Otherwise release() takes it back
-        #    before anyone says '1' (the original left its entry behind,
-        #    blocking everyone for a TTL).
-        entries = self._without_former(self._entries(deadline), deadline)
-        ours = [entry for entry in entries if entry.get("value") == self.value]
-        if ours and ours[0]["key"] != self.entry:
+        # 2. Ours holds if it is first.
+        entries = self._without_former(self.entries(deadline), deadline)
+        ours = [entry for entry in entries if entry.value == self.value]
+        if ours and ours[0].key != self.entry:
             # An earlier send of this POST got through: that entry counts.
-            self.entry, self.resent = ours[0]["key"], True
+            self.entry, self.resent = ours[0].key, True
         first = entries[0] if entries else None
-        if first is None or first["key"] != self.entry:
-            if first is not None and not first.get("expiration"):
+        if first is None or first.key != self.entry:
+            if first is not None and not first.expiration:
                 self.log.error("v2 entry %s has no TTL and blocks lock %s for ever; "
-                               "delete it" % (first["key"], self.path))
-            raise LockContended(self._holding(first) if first else
-                                Holding("(nobody: our entry expired)"), self)
+                               "delete it" % (first.key, self.path))
+            occupant = first.occupant() if first else Occupant("(nobody: our entry expired)")
+            # Ours goes back before anyone says '1' (the original left its
+            # entry behind, blocking everyone for a TTL).
+            self._give_back_quietly(deadline)
+            raise LockContended(occupant, self)
         for entry in ours[1:]:  # sent twice: the others stand behind, in everyone's way
-            self._delete(entry["key"], deadline)
-        self.index, self.index_sent = _index(first), None
+            self._delete(entry.key, deadline)
+        self.index, self.index_sent = first.modified, None
         # From the first send of this try's POST, which queued every entry
         # with its value.
         return sent + self.ttl
 
+    def _give_back_quietly(self, deadline):
+        """On contention: what we queued goes back within a second (ctdbd
+        wants the '1' soon), or expires by its TTL."""
+        try:
+            self.release(min(deadline, self.transport.clock() + 1))
+        except EtcdLockError as e:
+            self.log.info("could not give back our v2 entry: %s; it expires by its TTL" % e)
+
     def _without_former(self, entries, deadline):
         """The queue less the entries of our earlier tries, removed: a POST
         of one we gave up on, applied late, is nobody's lock."""
-        stale = [entry for entry in entries if entry.get("value") in self.former]
+        stale = [entry for entry in entries if entry.value in self.former]
         gone = [entry for entry in stale
-                if self._delete(entry["key"], deadline, value=entry["value"])]
+                if self._delete(entry.key, deadline, value=entry.value)]
         return [entry for entry in entries if entry not in gone]
 
-    @_etcd_shaped
     def refresh(self, deadline):
         if self.index_sent is None:
             self.index_sent = self.transport.clock()
         try:
             try:
-                sent, data = self._request("PUT", self._entry_url(), deadline, {
+                sent, node = self._request("PUT", self._entry_url(), deadline, {
                     "refresh": "true", "prevValue": self.value, "prevIndex": self.index,
                     "ttl": self.ttl})
-                node = data["node"]
                 # This one moved the entry on from the index: no request of
                 # ours sent earlier can be applied after it.
                 valid_from = sent
@@ -2285,10 +2467,10 @@ class V2Lock:
                 # A refresh of ours with this index, one we gave up on, was
                 # applied: sent no earlier than the first that carried it.
                 valid_from = self.index_sent
-            if node.get("value") != self.value:
+            if node.value != self.value:
                 raise LockLost("v2 entry %s answered a refresh with another value" % self.entry)
-            self.index, self.index_sent = _index(node), None
-            first = self._first_entry(deadline)
+            self.index, self.index_sent = node.modified, None
+            entries = self.entries(deadline)
         except EtcdError as e:
             if e.code == 100:
                 raise LockLost("v2 entry %s is gone (expired or deleted)" % self.entry) from None
@@ -2299,25 +2481,23 @@ class V2Lock:
             # Members that served v2 went, or stopped serving it: as for any
             # member failure, try again until the fence.
             raise TransportError(str(e)) from None
-        if first is None or first["key"] != self.entry:
+        if not entries or entries[0].key != self.entry:
             # python-etcd re-creates an expired entry under its old name.
             raise LockLost("v2 entry %s is no longer first: %s holds the lock" % (
-                self.entry, first.get("value") if first else "nobody"))
+                self.entry, entries[0].value if entries else "nobody"))
         return valid_from + self.ttl
 
     def _moved_on(self, deadline):
         """Our entry after a refresh's compare failed: moved on by a refresh
         of ours applied late, or lost (LockLost)."""
-        _, data = self._request("GET", self._entry_url() + "?quorum=true", deadline)
-        node = data["node"]
-        if node.get("value") != self.value:
+        _, node = self._request("GET", self._entry_url() + "?quorum=true", deadline)
+        if node.value != self.value:
             raise LockLost("v2 entry %s no longer holds our value" % self.entry)
-        if _index(node) == self.index:
-            raise TransportError("%s refused a refresh whose compare holds: %r" % (
-                self.transport.endpoint, node))
+        if node.modified == self.index:
+            raise TransportError("%s refused a refresh whose compare holds (entry %s)" % (
+                self.transport.endpoint, self.entry))
         return node
 
-    @_etcd_shaped
     def release(self, deadline):
         if self.entry is None and self.posted:
             # Our POST went out and we stopped waiting for its answer (a
@@ -2326,30 +2506,29 @@ class V2Lock:
             clock = self.transport.clock
             for response in self.transport.answers_in_flight(clock() + (deadline - clock()) / 2):
                 try:
-                    node = self._answer(response)["node"]
+                    node = self._node(response)
                 except EtcdLockError:
                     continue
-                if node.get("value") == self.value:
-                    self.entry = node.get("key")
+                if node.value == self.value:
+                    self.entry = node.key
         if self.entry is not None:
             # Behind any refresh still in flight, which would extend the entry.
             self._delete(self.entry, deadline, behind=True)
         if self.posted and (self.entry is None or self.resent):
             # A POST of ours whose answer did not come back may have queued
             # an entry all the same: find them by our value.
-            for entry in self._entries(deadline):
-                if entry.get("value") == self.value and entry["key"] != self.entry:
-                    self._delete(entry["key"], deadline)
+            for entry in self.entries(deadline):
+                if entry.value == self.value and entry.key != self.entry:
+                    self._delete(entry.key, deadline)
         self.entry, self.posted = None, False
 
     def _delete(self, key, deadline, behind=False, value=None):
         """Compare-and-delete one entry of ours (with our value, or the
         value of an earlier try); whether it is gone."""
         from urllib.parse import urlencode
-        url = self.url + "/" + _quote(key.rsplit("/", 1)[-1])
         try:
-            self._request("DELETE", url + "?" + urlencode({"prevValue": value or self.value}),
-                          deadline, behind=behind)
+            self._request("DELETE", self._entry_url(key) + "?" + urlencode(
+                {"prevValue": value or self.value}), deadline, behind=behind)
             self.log.info("gave back our v2 entry %s" % key)
         except EtcdError as e:
             if e.code == 100:  # expired, or given back by a delete queued behind
@@ -2368,7 +2547,7 @@ class V2Lock:
             None, False, False, None, None)
 
 
-class V3Lock:
+class V3Lock(Lock):
     """The lock as a key on a lease, through etcd's v3 JSON gateway.
 
     Which send its validity counts from: the lease's grant (acquire) or the
@@ -2382,9 +2561,6 @@ class V3Lock:
     PREFIXES = ("/v3", "/v3beta")  # etcd 3.4+, etcd 3.3
 
     def __init__(self, transport, config, value, log, required=True):
-        import base64
-        self._b64 = lambda raw: base64.b64encode(raw.encode("utf-8")).decode("ascii")
-        self._unb64 = lambda text: _b64_text(base64, text)
         self.transport = transport
         self.config = config
         self.ttl = config.lock_ttl
@@ -2392,14 +2568,16 @@ class V3Lock:
         self.log = log
         self.required = required
         self.path = config.lock_key
-        self.key = self._b64(config.lock_key)
-        self.prefix = None
-        self.lease = None
+        self.key = _b64(config.lock_key)
+        self.prefix = None  # the gateway's, once known
+        self.lease = None  # our lease's ID
         self.revision = None  # create_revision of our key
         self.token = None  # v3 authentication: "" once we know none is needed
 
-    def _call(self, method, payload, deadline, behind=False):
-        """POST to the gateway; (send time, JSON answer)."""
+    # -- requests and answers
+
+    def call(self, method, payload, deadline, behind=False):
+        """POST to the gateway: (send time, JSON answer)."""
         import json
         if self.config.username and self.token is None:
             self._authenticate(deadline)
@@ -2418,6 +2596,17 @@ class V3Lock:
                 continue
             return sent, self._answer(response)
 
+    def find_gateway(self, deadline):
+        """Whether etcd has the gateway (/v3, or /v3beta on etcd 3.3), for
+        the admin commands: a range of a key nobody writes."""
+        for prefix in self.PREFIXES:
+            response = self.transport.request("POST", prefix + "/kv/range", deadline,
+                                              body=b'{"key": "AA=="}')
+            if response.status != 404:
+                self.prefix = prefix
+                return True
+        return False
+
     def _answer(self, response):
         data = response.json()
         if response.status != 200 or "error" in data:
@@ -2429,18 +2618,18 @@ class V3Lock:
             message = str(error.get("message") or error.get("error"))
             if _int(status) == 401 or "user name is empty" in message \
                     or "auth token" in message or "permission denied" in message:
-                error = AuthError("etcd's v3 API at %s refused us: %s; check username and "
-                                  "password (and the user's role) in %s" % (
-                                      response.endpoint, message,
-                                      self.config.file))
-            else:
-                error = EtcdError("etcd at %s: %s (v3 code %s, HTTP %s)" % (
-                    response.endpoint, message, code, status), _int(status), code)
-            error.detail = message
-            raise error
-        header = data.get("header") or data.get("result", {}).get("header") or {}
+                raise AuthError("etcd's v3 API at %s refused us: %s; check username and "
+                                "password (and the user's role) in %s" % (
+                                    response.endpoint, message, self.config.file),
+                                detail=message)
+            raise EtcdError("etcd at %s: %s (v3 code %s, HTTP %s)" % (
+                response.endpoint, message, code, status), _int(status), code, detail=message)
+        what = "the v3 answer of %s" % response.endpoint
+        header = _field(data, "header", dict, what, None)
+        if header is None:  # a keepalive's is in its result
+            header = _field(_field(data, "result", dict, what, {}), "header", dict, what, {})
         if "cluster_id" in header:
-            self.transport.check_cluster(format(_int(header["cluster_id"]), "x"),
+            self.transport.check_cluster(_hex(_field(header, "cluster_id", "int64", what)),
                                          response.endpoint)
         return data
 
@@ -2454,7 +2643,8 @@ class V3Lock:
         if response.status == 404:
             raise ApiNotServed(response.endpoint)
         try:
-            self.token = str(self._answer(response).get("token") or "")
+            data = self._answer(response)
+            self.token = _field(data, "token", str, "the token of %s" % response.endpoint, "")
         except (AuthError, EtcdError) as e:
             if "authentication is not enabled" in e.detail:
                 self.token = ""
@@ -2466,176 +2656,166 @@ class V3Lock:
                                 _shown(self.config.username), response.endpoint, e.detail,
                                 self.config.file)) from None
 
-    def _grant(self, deadline):
+    def range(self, deadline):
+        """The lock's key as a V3Kv, or None (a linearizable read)."""
+        _, data = self.call("/kv/range", {"key": self.key}, deadline)
+        kvs = _kvs(data, "the range answer of %s" % self.transport.endpoint)
+        return kvs[0] if kvs else None
+
+    def grant(self, ttl, deadline):
+        """A new lease: (send time, ID, TTL granted)."""
+        sent, data = self.call("/lease/grant", {"TTL": ttl}, deadline)
+        what = "the lease %s granted" % self.transport.endpoint
+        lease, granted = _field(data, "ID", "int64", what), _field(data, "TTL", "int64", what)
+        if lease <= 0 or granted <= 0:
+            raise TransportError("%s granted no usable lease (ID %d, TTL %d)" % (
+                self.transport.endpoint, lease, granted))
+        return sent, lease, granted
+
+    def revoke(self, lease, deadline, behind=False):
+        """Revoke a lease; one that expired already is no error."""
+        try:
+            self.call("/lease/revoke", {"ID": str(lease)}, deadline, behind=behind)
+        except EtcdError as e:
+            if e.status != 404:  # 404: the lease had expired already
+                raise
+
+    def may_write(self, deadline):
+        """Whether these credentials may write the lock's key: a transaction
+        whose comparison never holds, so that etcd checks the put's
+        permission and changes nothing.  AuthError if not."""
+        self.call("/kv/txn", {
+            "compare": [{"target": "CREATE", "key": self.key, "result": "LESS",
+                         "create_revision": "0"}],
+            "success": [{"request_put": {"key": self.key, "value": ""}}]}, deadline)
+
+    def holding(self, deadline):
+        kv = self.range(deadline)
+        return self._occupant(kv, deadline) if kv else None
+
+    def _occupant(self, kv, deadline):
+        """The holder of key-value kv, and what its lease has left.  Not
+        knowing that is no error: only a contender's wait depends on it,
+        and a '1' must not wait long for it."""
+        left = granted = None
+        if kv.lease:
+            try:
+                _, data = self.call("/lease/timetolive", {"ID": str(kv.lease)},
+                                    min(deadline, self.transport.clock() + 1))
+                what = "the lease %s gave time to live for" % self.transport.endpoint
+                left = max(_field(data, "TTL", "int64", what, 0), 0)  # -1: expired already
+                granted = _field(data, "grantedTTL", "int64", what, 0) or None
+            except EtcdLockError as e:
+                self.log.debug("no time to live for lease %s: %s" % (kv.lease, e))
+        return Occupant(kv.value, left, granted, since=kv.created,
+                        ident=(kv.created, kv.lease), rounding=1)
+
+    # -- the lock
+
+    def acquire(self, deadline):
+        sent, self.lease, ttl = self._first_grant(deadline)
+        # Put our key only if it was never created (create_revision 0);
+        # otherwise read the holder, to name it.
+        _, data = self.call("/kv/txn", {
+            "compare": [{"target": "CREATE", "key": self.key, "create_revision": "0"}],
+            "success": [{"request_put": {"key": self.key, "value": _b64(self.value),
+                                         "lease": str(self.lease)}}],
+            "failure": [{"request_range": {"key": self.key}}],
+        }, deadline)
+        what = "the transaction answer of %s" % self.transport.endpoint
+        if _field(data, "succeeded", bool, what, False):
+            self.revision = _field(_field(data, "header", dict, what), "revision", "int64",
+                                   what)
+        else:
+            kvs = _txn_range(data, what)
+            if not kvs or kvs[0].value != self.value or kvs[0].lease != self.lease:
+                occupant = self._occupant(kvs[0], deadline) if kvs else Occupant(None)
+                self._give_back_quietly(deadline)  # our lease goes at once
+                raise LockContended(occupant, self)
+            # Our own put, answered on a connection that broke: on this
+            # try's lease, so timed from its grant all the same.
+            self.revision = kvs[0].created
+        if self.revision <= 0:
+            raise TransportError("%s answered a put without a revision" %
+                                 self.transport.endpoint)
+        return sent + min(ttl, self.ttl)
+
+    def _first_grant(self, deadline):
+        """The lease of a try, which also finds the gateway: /v3, or
+        /v3beta (etcd 3.3)."""
         for prefix in self.PREFIXES:
             self.prefix = prefix
             try:
-                return self._call("/lease/grant", {"TTL": self.ttl}, deadline)
+                return self.grant(self.ttl, deadline)
             except ApiNotServed:
                 pass
         raise ApiNotServed("%s does not serve the v3 API (no /v3 gateway: etcd older "
                            "than 3.3?); set api = v2" % self.transport.endpoint)
 
-    @_etcd_shaped
-    def acquire(self, deadline):
-        sent, data = self._grant(deadline)
-        self.lease = data.get("ID")
-        ttl = _int(data.get("TTL"))
-        if not self.lease or ttl <= 0:
-            raise TransportError("%s granted no usable lease: %r" % (
-                self.transport.endpoint, data))
-        # Put our key only if it was never created (create_revision 0);
-        # otherwise read the holder, to name it.  (On failure, release()
-        # revokes the lease.)
-        _, data = self._call("/kv/txn", {
-            "compare": [{"target": "CREATE", "key": self.key, "create_revision": "0"}],
-            "success": [{"request_put": {"key": self.key, "value": self._b64(self.value),
-                                         "lease": self.lease}}],
-            "failure": [{"request_range": {"key": self.key}}],
-        }, deadline)
-        if data.get("succeeded"):
-            self.revision = data.get("header", {}).get("revision")
-        else:
-            kvs = _first_range(data)
-            holder = self._unb64(kvs[0].get("value", "")) if kvs else None
-            if holder != self.value or kvs[0].get("lease") != self.lease:
-                raise LockContended(self._holding(kvs[0], deadline) if kvs else
-                                    Holding(holder), self)
-            # Our own put, answered on a connection that broke: on this
-            # try's lease, so timed from its grant all the same.
-            self.revision = kvs[0].get("create_revision")
-        if not self.revision:
-            raise TransportError("%s answered a put without a revision: %r" % (
-                self.transport.endpoint, data))
-        return sent + min(ttl, self.ttl)
+    def _give_back_quietly(self, deadline):
+        try:
+            self.release(min(deadline, self.transport.clock() + 1))
+        except EtcdLockError as e:
+            self.log.info("could not revoke our lease: %s; it expires by its TTL" % e)
 
-    @_etcd_shaped
-    def holding(self, deadline):
-        _, data = self._call("/kv/range", {"key": self.key}, deadline)
-        kvs = data.get("kvs") or []
-        return self._holding(kvs[0], deadline) if kvs else None
-
-    def _holding(self, kv, deadline):
-        """The holder of key-value kv, and what its lease has left.  Not
-        knowing that is no error: only a contender's wait depends on it,
-        and a '1' must not wait long for it."""
-        left = granted = None
-        lease = kv.get("lease")
-        if _int(lease):
-            try:
-                _, data = self._call("/lease/timetolive", {"ID": lease},
-                                     min(deadline, self.transport.clock() + 1))
-                left = max(_int(data.get("TTL")), 0)  # -1: expired already
-                granted = _int(data.get("grantedTTL")) or None
-            except EtcdLockError as e:
-                self.log.debug("no time to live for lease %s: %s" % (lease, e))
-        return Holding(self._unb64(kv.get("value", "")), left, granted,
-                       since=kv.get("create_revision"),
-                       ident=(kv.get("create_revision"), lease), rounding=1)
-
-    @_etcd_shaped
     def refresh(self, deadline):
         try:
-            sent, data = self._call("/lease/keepalive", {"ID": self.lease}, deadline)
-            ttl = _int(data.get("result", {}).get("TTL"))
+            sent, data = self.call("/lease/keepalive", {"ID": str(self.lease)}, deadline)
+            what = "the keepalive answer of %s" % self.transport.endpoint
+            ttl = _field(_field(data, "result", dict, what, {}), "TTL", "int64", what, 0)
             if ttl <= 0:
                 # An expired or revoked lease still answers 200, only without a TTL.
                 raise LockLost("lease %s of key %s expired or was revoked"
                                % (self.lease, self.path))
             # A keepalive proves the lease only; prove the key with a
             # linearizable read.
-            _, data = self._call("/kv/range", {"key": self.key}, deadline)
+            kv = self.range(deadline)
         except EtcdError as e:
             if _final(e):
                 raise LockLost("refresh of key %s refused: %s" % (self.path, e)) from None
             raise
-        kvs = data.get("kvs") or []
-        if not kvs:
+        if kv is None:
             self.revision = None
             raise LockLost("key %s is gone (deleted)" % self.path)
-        kv = kvs[0]
-        if (kv.get("create_revision") != self.revision or kv.get("lease") != self.lease
-                or kv.get("value") != self._b64(self.value)):
+        if kv.created != self.revision or kv.lease != self.lease or kv.value != self.value:
             self.revision = None  # not ours: release() must not touch it
-            raise LockLost("key %s was replaced (now held by %s)"
-                           % (self.path, self._unb64(kv.get("value", ""))))
+            raise LockLost("key %s was replaced (now held by %s)" % (self.path, kv.value))
         return sent + min(ttl, self.ttl)
 
-    @_etcd_shaped
     def release(self, deadline):
         try:
             if self.revision is not None:
                 revision, self.revision = self.revision, None
                 # Ours only while it has our create revision *and* our value:
                 # a plain put over the key keeps the first, not the second.
-                _, data = self._call("/kv/txn", {
+                _, data = self.call("/kv/txn", {
                     "compare": [{"target": "CREATE", "key": self.key,
-                                 "create_revision": revision},
+                                 "create_revision": str(revision)},
                                 {"target": "VALUE", "key": self.key,
-                                 "value": self._b64(self.value)}],
+                                 "value": _b64(self.value)}],
                     "success": [{"request_delete_range": {"key": self.key}}],
                 }, deadline)
-                if data.get("succeeded"):
+                if _field(data, "succeeded", bool, "the transaction answer of %s" %
+                          self.transport.endpoint, False):
                     self.log.info("gave back v3 key %s" % self.path)
                 else:
                     self.log.info("v3 key %s was no longer ours; left it alone" % self.path)
         finally:
-            self._revoke(deadline)
+            if self.lease is not None:
+                lease, self.lease = self.lease, None
+                # Behind any keepalive still in flight, which would renew it.
+                self.revoke(lease, deadline, behind=True)
 
     def next_round(self, value):
         self.value = value  # release() has given back the lease and key
 
-    def _revoke(self, deadline):
-        if self.lease is None:
-            return
-        lease, self.lease = self.lease, None
-        try:
-            # Behind any keepalive still in flight, which would renew it.
-            self._call("/lease/revoke", {"ID": lease}, deadline, behind=True)
-        except EtcdError as e:
-            if e.status != 404:  # 404: the lease had expired already
-                raise
 
-
-def _b64_text(base64, text):
-    """A value as etcd's gateway gives it (base64), as text; never raises:
-    it names holders in messages."""
-    try:
-        return base64.b64decode(text).decode("utf-8", "replace")
-    except (TypeError, ValueError):
-        return "(not base64: %r)" % _cut(str(text), 40)
-
-
-def _int(text):
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return 0
-
-
-def _index(node):
-    """A v2 node's modifiedIndex (an answer without one is none of etcd's)."""
-    index = node.get("modifiedIndex")
-    if not isinstance(index, int) or isinstance(index, bool) or index <= 0:
-        raise TransportError("etcd answered with a v2 node without a modifiedIndex: %s"
-                             % _cut(repr(node), 120))
-    return index
-
-
-def _first_range(txn):
-    for answer in txn.get("responses") or []:
-        kvs = answer.get("response_range", {}).get("kvs")
-        if kvs:
-            return kvs
-    return []
-
-
-class LockSet:
+class LockSet(Lock):
     """Several locks held as one (api = auto): all of them, or none.
 
     A lock whose API the server does not serve is skipped unless required;
     a lock lost is the whole set lost; on contention what was taken is
-    given back first.
+    given back first.  Valid until the earliest of them.
     """
 
     def __init__(self, locks, log):
@@ -2663,10 +2843,17 @@ class LockSet:
                     raise
                 self.log.info("skipping the %s lock: %s" % (lock.api, e))
                 continue
+            except LockContended:
+                try:  # what the others took goes back first, as each lock's own
+                    self.release(min(deadline, self.transport.clock() + 1))
+                except EtcdLockError as e:
+                    self.log.info("could not give back what was taken: %s; it expires "
+                                  "by its TTL" % e)
+                raise
             self.held.append(lock)
         if not self.held:
             raise ApiNotServed("%s serves neither the v2 nor the v3 API; is it etcd?"
-                               % self.candidates[0].transport.endpoint)
+                               % self.transport.endpoint)
         self.api = "+".join(lock.api for lock in self.held)
         return min(valid_until)
 
@@ -2684,6 +2871,16 @@ class LockSet:
         self.held = []
         if errors:
             raise errors[0]
+
+    def holding(self, deadline):
+        for lock in self.candidates:
+            try:
+                occupant = lock.holding(deadline)
+            except ApiNotServed:
+                continue
+            if occupant is not None:
+                return occupant
+        return None
 
 
 def make_lock(config, transport, value, log):
@@ -2722,58 +2919,57 @@ def take(lock, config, log, watch, handover_wait):
     handover_wait is 0 for the check at the end of a recovery: it expects
     '1' within 5 s, and a '0' there fails the recovery.
     """
+    clock = watch.clock
     give_up = None  # the end of the handover wait, from the first contention
     contended = None
     while True:
         # Taking the lock may not take longer than the lock would live.
-        deadline = clock() + config.lock_ttl * (1 - FENCE_SHARE)
+        deadline = clock() + config.lock_ttl - config.fence_margin
         try:
-            return lock.acquire(deadline)
+            return lock.acquire(deadline)  # on contention, ours went back
         except LockContended as e:
             now = clock()
             give_up = give_up or now + handover_wait
-            if not _running_out(e.holding, config, give_up - now):
+            if not _running_out(e.occupant, config, give_up - now):
                 raise
             contended = e
         except EtcdLockError:
             if contended is None:
                 raise
             raise contended from None  # after a wait, '1' as ever, never '3'
-        # Ours goes back while we wait: someone else may be first after all.
-        try:
-            lock.release(min(deadline, clock() + 1))
-        except EtcdLockError:
-            raise contended from None  # '1' as ever; run() tries once more
         _wait_for_expiry(contended, config, log, watch, give_up)
         lock.next_round(next_value(lock.value))
 
 
-def _missed_refresh(holding, config):
+def _missed_refresh(occupant, config):
     """A live holder never has much less than its TTL minus refresh left."""
-    granted = holding.granted or config.lock_ttl  # v2: as ours, presumably
-    return holding.left is not None and holding.left < granted - config.refresh - 1
+    granted = occupant.granted or config.lock_ttl  # v2: as ours, presumably
+    return occupant.left is not None and occupant.left < granted - config.refresh - 1
 
 
-def _running_out(holding, config, budget):
-    """Whether holding missed a refresh and its lock is gone within budget
-    (etcd counts whole seconds, and removes what expired a little later)."""
-    return _missed_refresh(holding, config) and \
-        holding.left + holding.rounding + EXPIRY_LAG <= budget
+def _running_out(occupant, config, budget):
+    """Whether the occupant missed a refresh and its lock is gone within
+    budget (etcd counts whole seconds, and removes what expired a little
+    later)."""
+    return _missed_refresh(occupant, config) and \
+        occupant.left + occupant.rounding + EXPIRY_LAG <= budget
 
 
 def _wait_for_expiry(contended, config, log, watch, give_up):
     """Return once the holder is gone (or another took the lock): time to
     try.  Raise ``contended`` when it refreshes, or at give_up."""
-    holding, lock, started = contended.holding, contended.lock, clock()
+    clock = watch.clock
+    occupant, lock, started = contended.occupant, contended.lock, clock()
+    who = _printable(occupant.value)
     log.info("lock %s: holder %s missed its refresh and has %d s left; waiting up to "
-             "%.1f s for it to expire" % (config.lock_key, _printable(holding.holder),
-                                          holding.left, give_up - started))
+             "%.1f s for it to expire" % (config.lock_key, who, occupant.left,
+                                          give_up - started))
     while True:
         watch.sleep(min(HANDOVER_POLL, give_up - clock()))
         now = clock()
         if now >= give_up:
             log.info("lock %s: waited %.1f s for %s; still held" % (
-                config.lock_key, now - started, _printable(holding.holder)))
+                config.lock_key, now - started, who))
             raise contended
         try:
             current = lock.holding(give_up)
@@ -2781,17 +2977,17 @@ def _wait_for_expiry(contended, config, log, watch, give_up):
             log.debug("looking at lock %s while waiting: %s" % (config.lock_key, e))
             continue
         now = clock()
-        if current is None or current.ident != holding.ident:
+        if current is None or current.ident != occupant.ident:
             log.info("lock %s: waited %.1f s for %s; its lock %s" % (
-                config.lock_key, now - started, _printable(holding.holder),
-                "expired" if current is None else "went to %s" % current.holder))
+                config.lock_key, now - started, who,
+                "expired" if current is None else "went to %s" % current.value))
             return
-        contended.holding = current
+        contended.occupant = current
         if not _missed_refresh(current, config):
             # As much left as a live holder has (no arithmetic on etcd's
             # whole seconds, nor on how long our requests took).
             log.info("lock %s: waited %.1f s for %s; it refreshed" % (
-                config.lock_key, now - started, _printable(holding.holder)))
+                config.lock_key, now - started, who))
             raise contended
 
 
@@ -2804,19 +3000,18 @@ class Holder:
 
     ASKS_PER_ROUND = 2  # members not heard from, asked between two refreshes
 
-    def __init__(self, lock, config, log, watch, valid_until, clock=clock):
+    def __init__(self, lock, config, log, watch, valid_until):
         self.lock = lock
         self.config = config
         self.log = log
         self.watch = watch
-        self.clock = clock
-        self.margin = config.lock_ttl * FENCE_SHARE
+        self.clock = watch.clock
         self.valid_until = valid_until
 
     @property
     def fence_at(self):
         """When we stop believing we hold the lock."""
-        return self.valid_until - self.margin
+        return self.valid_until - self.config.fence_margin
 
     def hold(self):
         """Refresh until the lock is lost (raises LockLost).
@@ -2906,7 +3101,7 @@ class Backstop:
 # stdout, for humans or as one JSON object, and never take, refresh or
 # change the lock.
 
-def describe_holder(value):
+def value_fields(value):
     """What a lock's value says of its holder: ours write host, pnn, pid
     and a random id; the original helper writes <uuid4 hex>_<pnn>."""
     if value is None:
@@ -2921,30 +3116,30 @@ def describe_holder(value):
     return {"helper": "unknown", "value": value}
 
 
-def _holder_text(holding):
-    about = describe_holder(holding.holder)
+def _occupant_text(occupant):
+    about = value_fields(occupant.value)
     if about["helper"] == "ctdb_etcd_lock":
         who = "host %s, pnn %s, pid %s" % (about["host"], about["pnn"], about["pid"])
     elif about["helper"] == "original":
-        who = "the original helper, pnn %s (%s)" % (about["pnn"], holding.holder)
+        who = "the original helper, pnn %s (%s)" % (about["pnn"], occupant.value)
     else:
-        who = repr(holding.holder)
+        who = repr(occupant.value)
     who = _printable(_cut(who, 200))  # a value is anybody's: no escapes to the terminal
-    left = "no TTL" if holding.left is None else "%d s left" % holding.left
-    if holding.granted:
-        left += " of %d" % holding.granted
+    left = "no TTL" if occupant.left is None else "%d s left" % occupant.left
+    if occupant.granted:
+        left += " of %d" % occupant.granted
     return who, left
 
 
-def _holding_json(holding, api):
-    if holding is None:
+def _occupant_json(occupant, api):
+    if occupant is None:
         return None
     # A value is anybody's, and may be as big as etcd takes: cut for a reader.
     holder = {name: _cut(text, 200) if isinstance(text, str) else text
-              for name, text in describe_holder(holding.holder).items()}
-    return {"holder": holder, "ttl_left": holding.left,
-            "ttl_granted": holding.granted, "expires": holding.expires,
-            "revision" if api == "v3" else "index": _int(holding.since) or None}
+              for name, text in value_fields(occupant.value).items()}
+    return {"holder": holder, "ttl_left": occupant.left,
+            "ttl_granted": occupant.granted, "expires": occupant.expires,
+            "revision" if api == "v3" else "index": _int(occupant.since) or None}
 
 
 class Admin:
@@ -2972,18 +3167,15 @@ class Admin:
         self.out.flush()
 
     def deadline(self):
-        return clock() + self.TIMEOUT
+        return self.watch.clock() + self.TIMEOUT
 
     def v3_lock(self):
         """The v3 lock, or None where this etcd has no v3 gateway."""
         lock = V3Lock(self.transport, self.config, None, self.log)
-        for prefix in lock.PREFIXES:
-            lock.prefix = prefix
-            response = self.transport.request("POST", prefix + "/kv/range", self.deadline(),
-                                              body=b'{"key": "AA=="}')
-            if response.status != 404:
-                return lock
-        return None
+        return lock if lock.find_gateway(self.deadline()) else None
+
+    def v2_lock(self):
+        return V2Lock(self.transport, self.config, None, self.log)
 
     def look(self, api):
         """(the holder, the queue behind it) of the lock in api; None where
@@ -2992,7 +3184,7 @@ class Admin:
             lock = self.v3_lock()
             return None if lock is None else (lock.holding(self.deadline()), [])
         try:
-            queue = V2Lock(self.transport, self.config, None, self.log).queue(self.deadline())
+            queue = self.v2_lock().queue(self.deadline())
         except ApiNotServed:
             return None
         return (queue[0], queue[1:]) if queue else (None, [])
@@ -3015,16 +3207,16 @@ def status(config, log, as_json, out):
             report["apis"][api] = {"served": False}
             continue
         holding, queue = looked
-        report["apis"][api] = dict(_holding_json(holding, api) or {"holder": None},
-                                   served=True, queue=[_holding_json(h, api) for h in queue])
+        report["apis"][api] = dict(_occupant_json(holding, api) or {"holder": None},
+                                   served=True, queue=[_occupant_json(h, api) for h in queue])
         if holding is None:
             admin.say("%s  free" % api)
             continue
-        who, left = _holder_text(holding)
+        who, left = _occupant_text(holding)
         admin.say("%s  held by %s since %s %s; %s" % (
             api, who, "revision" if api == "v3" else "index", _int(holding.since), left))
         for waiting in queue:
-            who, left = _holder_text(waiting)
+            who, left = _occupant_text(waiting)
             admin.say("%s  queued: %s (index %s; %s)" % (api, who, _int(waiting.since), left))
     held = any(about.get("holder") is not None for about in report["apis"].values())
     report["held"] = held
@@ -3048,124 +3240,17 @@ def check(config, log, as_json, out):
         config.file, config.lock_key, config.api, config.lock_ttl, config.refresh))
     for warning in config.ignored:
         judge("config", "warning", warning)
-    if config.named_by == "testparm":
+    if config.lock_name_from == "testparm":
         judge("lock", "warning", "the lock's name %s comes from testparm's netbios name on "
               "this node; set lock_name in %s so that every node names the same lock"
               % (config.lock_name, config.file))
-
-    # Every member on its own.
-    transport = admin.transport
-    try:
-        members = transport._members(admin.deadline())
-    except TransportError as e:
-        judge("members", "error", str(e))
-        members = []
-    answered, clusters, serves = 0, {}, {"v2": False, "v3": False}
-    v2_served = {True: [], False: []}
-    for index, (endpoint, _) in enumerate(members):
-        about = {"endpoint": endpoint.url}
-        try:
-            version = transport.ask(index, "GET", "/version", admin.deadline()).json()
-            about["version"] = version.get("etcdserver")
-            response = transport.ask(index, "POST", "/v3/maintenance/status",
-                                     admin.deadline(), body=b"{}")
-            about["v3"] = response.status == 200
-            if about["v3"]:
-                header = response.json().get("header", {})
-                about["cluster_id"] = format(_int(header.get("cluster_id")), "x")
-                clusters.setdefault(about["cluster_id"], []).append(endpoint.url)
-            response = transport.ask(index, "GET", config.version_prefix + "/keys/",
-                                     admin.deadline(), headers=V2Lock(
-                                         transport, config, None, log).headers)
-            about["v2"] = not _serves_no_v2(response)
-        except (TransportError, EtcdError) as e:
-            judge("member", "warning", "%s: %s" % (endpoint.url, e), member=about)
-            continue
-        answered += 1
-        v2_served[about["v2"]].append(endpoint.url)
-        serves["v2"] |= about["v2"]
-        serves["v3"] |= about["v3"]
-        judge("member", "ok", "%s: etcd %s, cluster %s, v3 %s, v2 %s%s" % (
-            endpoint.url, about.get("version"), about.get("cluster_id", "?"),
-            "served" if about["v3"] else "not served",
-            "served" if about["v2"] else "not served",
-            ", TLS verified" if endpoint.scheme == "https" else ""), member=about)
-    if members and not answered:
-        judge("members", "error", "no member answered; check the members in %s"
-              % config.file)
-    if v2_served[True] and v2_served[False]:
-        # One v2 keyspace behind them all, reached only through some: a
-        # helper that asks the others cannot see a v2 lock held there.
-        judge("api", "error", "the members disagree on v2: served by %s, not by %s; serve "
-              "it on every member or on none (etcd's --enable-v2)" % (
-                  ", ".join(v2_served[True]), ", ".join(v2_served[False])))
-    elif members:
-        expected = config.expected_cluster_id
-        if len(clusters) > 1:
-            judge("cluster", "error", "the members belong to %d clusters (%s); list the "
-                  "members of one cluster only" % (len(clusters), "; ".join(
-                      "%s: %s" % (cid, ", ".join(urls)) for cid, urls in clusters.items())))
-        elif expected and clusters and expected not in clusters:
-            judge("cluster", "error", "the members belong to cluster %s, not "
-                  "expected_cluster_id %s" % (next(iter(clusters)), expected))
-        else:
-            # The helper wants a majority of the listed members in the lock's
-            # cluster, unless expected_cluster_id is set (Transport.confirmed).
-            majority = expected or len(members) == 1 or 2 * answered > len(members)
-            judge("cluster", "ok" if answered == len(members) else
-                  "warning" if majority else "error",
-                  "%d of %d members answered%s%s" % (
-                      answered, len(members), ", all in cluster %s" % next(iter(clusters))
-                      if clusters else "", "" if majority else
-                      ": the helper needs more than half of the listed members to answer; "
-                      "list every member of the cluster, or set expected_cluster_id"))
-            if len(members) > 1 and not expected and len(clusters) == 1:
-                judge("cluster", "warning", "expected_cluster_id is not set: set "
-                      "expected_cluster_id = %s in %s, so that a member of another cluster "
-                      "listed by mistake is refused at once, and taking the lock does not "
-                      "need a majority of the listed members" % (next(iter(clusters)),
-                                                                 config.file))
-
-    # The lock's APIs, with the credentials configured.
-    if answered:
-        original = False
-        if serves["v2"] and config.api != "v3" or config.api == "v3" and serves["v2"]:
-            try:
-                entries = V2Lock(transport, config, None, log)._entries(admin.deadline())
-                original = any(describe_holder(entry.get("value"))["helper"] == "original"
-                               for entry in entries)
-                if config.username and config.api != "v3":
-                    response = transport.request("GET", config.version_prefix + "/auth/enable",
-                                                 admin.deadline())
-                    judge("auth", "ok", "v2 accepts user %s" % _shown(config.username)
-                          if b'"enabled":true' in response.body.replace(b" ", b"") else
-                          "v2 authentication is off: username and password are not checked")
-            except AuthError as e:
-                judge("auth", "error", str(e))
-            except EtcdLockError as e:
-                judge("api", "error", "v2: %s" % e)
-        if config.api != "v3" and not serves["v2"] and (
-                config.api == "v2" or "version_prefix" in config.lines):
-            judge("api", "error", "api = %s%s, but no member serves v2 there (etcd 3.6, or "
-                  "--enable-v2 off); set api = v3 (or auto without version_prefix) in %s"
-                  % (config.api, " with version_prefix set" if config.api == "auto" else "",
-                     config.file))
-        elif config.api != "v2" and not serves["v3"]:
-            judge("api", "error", "api = %s, but no member serves the v3 gateway; set "
-                  "api = v2 in %s" % (config.api, config.file))
-        elif config.api == "v3" and original:
-            judge("api", "error", "api = v3, but the original helper's entries stand in "
-                  "the v2 queue: it would not see a v3 lock, so two nodes could hold; "
-                  "use api = auto until every node runs this helper")
-        else:
-            judge("api", "ok", "%s: %s" % (config.api, " and ".join(
-                api for api in ("v3", "v2") if serves[api] and config.api in (api, "auto"))))
-        if serves["v3"] and config.api != "v2":
-            _check_timing(config, transport, admin, judge)
+    members = _check_members(admin, judge)
+    if members:
+        _check_apis(admin, judge, members)
     else:
-        judge("timing", "warning" if config.refresh <= config.lock_ttl / 3 else "error",
-              "lock_ttl %d s, refresh %g s (etcd not asked)" % (config.lock_ttl,
-                                                                config.refresh))
+        level, why = timing_problem(config.lock_ttl, config.refresh)
+        judge("timing", level, "lock_ttl %d s, refresh %g s (etcd not asked)%s" % (
+            config.lock_ttl, config.refresh, why))
     problems = [r for r in results if r["level"] == "error"]
     judge("result", "error" if problems else "ok",
           "%d problem(s): the helper would not work" % len(problems) if problems else
@@ -3176,24 +3261,125 @@ def check(config, log, as_json, out):
     return 3 if problems else 0
 
 
-def _check_timing(config, transport, admin, judge):
-    """The lock's v3 key may be written with these credentials (a
-    transaction whose comparison never holds: etcd checks the put's
-    permission, and changes nothing); lock_ttl and refresh, against each
-    other and against etcd's shortest lease (one and a half election
-    timeouts, rounded up)."""
+def _check_members(admin, judge):
+    """Every member on its own, then whether they make one cluster; the
+    members that answered (as Transport.about_member gives them)."""
+    config, transport = admin.config, admin.transport
+    try:
+        listed = transport.endpoints(admin.deadline())
+    except TransportError as e:
+        judge("members", "error", str(e))
+        return []
+    answered = []
+    for index, endpoint in enumerate(listed):
+        about = {"endpoint": endpoint.url}
+        try:
+            transport.about_member(index, admin.deadline(), admin.v2_lock().headers, about)
+        except (TransportError, EtcdError) as e:
+            judge("member", "warning", "%s: %s" % (endpoint.url, e), member=about)
+            continue
+        answered.append(about)
+        judge("member", "ok", "%s: etcd %s, cluster %s, v3 %s, v2 %s%s" % (
+            endpoint.url, about.get("version"), about.get("cluster_id", "?"),
+            "served" if about["v3"] else "not served",
+            "served" if about["v2"] else "not served",
+            ", TLS verified" if endpoint.scheme == "https" else ""), member=about)
+    if not answered:
+        judge("members", "error", "no member answered; check the members in %s"
+              % config.file)
+        return []
+    clusters = {}
+    for about in answered:
+        if "cluster_id" in about:
+            clusters.setdefault(about["cluster_id"], []).append(about["endpoint"])
+    expected = config.expected_cluster_id
+    if len(clusters) > 1:
+        judge("cluster", "error", "the members belong to %d clusters (%s); list the "
+              "members of one cluster only" % (len(clusters), "; ".join(
+                  "%s: %s" % (cid, ", ".join(urls)) for cid, urls in clusters.items())))
+    elif expected and clusters and expected not in clusters:
+        judge("cluster", "error", "the members belong to cluster %s, not "
+              "expected_cluster_id %s" % (next(iter(clusters)), expected))
+    else:
+        # The helper wants a majority of the listed members in the lock's
+        # cluster, unless expected_cluster_id is set (Transport.confirmed).
+        majority = expected or len(listed) == 1 or 2 * len(answered) > len(listed)
+        judge("cluster", "ok" if len(answered) == len(listed) else
+              "warning" if majority else "error",
+              "%d of %d members answered%s%s" % (
+                  len(answered), len(listed), ", all in cluster %s" % next(iter(clusters))
+                  if clusters else "", "" if majority else
+                  ": the helper needs more than half of the listed members to answer; "
+                  "list every member of the cluster, or set expected_cluster_id"))
+        if len(listed) > 1 and not expected and len(clusters) == 1:
+            judge("cluster", "warning", "expected_cluster_id is not set: set "
+                  "expected_cluster_id = %s in %s, so that a member of another cluster "
+                  "listed by mistake is refused at once, and taking the lock does not "
+                  "need a majority of the listed members" % (next(iter(clusters)),
+                                                             config.file))
+    v2_served = [about["endpoint"] for about in answered if about["v2"]]
+    v2_not = [about["endpoint"] for about in answered if not about["v2"]]
+    if v2_served and v2_not:
+        # One v2 keyspace behind them all, reached only through some: a
+        # helper that asks the others cannot see a v2 lock held there.
+        judge("api", "error", "the members disagree on v2: served by %s, not by %s; serve "
+              "it on every member or on none (etcd's --enable-v2)" % (
+                  ", ".join(v2_served), ", ".join(v2_not)))
+    return answered
+
+
+def _check_apis(admin, judge, answered):
+    """The lock's APIs, with the credentials configured, against what the
+    members serve; then the timing."""
+    config, transport = admin.config, admin.transport
+    serves = {api: any(about[api] for about in answered) for api in ("v2", "v3")}
+    original = False
+    if serves["v2"]:
+        try:
+            original = any(value_fields(entry.value)["helper"] == "original"
+                           for entry in admin.v2_lock().entries(admin.deadline()))
+            if config.username and config.api != "v3":
+                response = transport.request("GET", config.version_prefix + "/auth/enable",
+                                             admin.deadline())
+                judge("auth", "ok", "v2 accepts user %s" % _shown(config.username)
+                      if b'"enabled":true' in response.body.replace(b" ", b"") else
+                      "v2 authentication is off: username and password are not checked")
+        except AuthError as e:
+            judge("auth", "error", str(e))
+        except EtcdLockError as e:
+            judge("api", "error", "v2: %s" % e)
+    if config.api != "v3" and not serves["v2"] and (
+            config.api == "v2" or "version_prefix" in config.lines):
+        judge("api", "error", "api = %s%s, but no member serves v2 there (etcd 3.6, or "
+              "--enable-v2 off); set api = v3 (or auto without version_prefix) in %s"
+              % (config.api, " with version_prefix set" if config.api == "auto" else "",
+                 config.file))
+    elif config.api != "v2" and not serves["v3"]:
+        judge("api", "error", "api = %s, but no member serves the v3 gateway; set "
+              "api = v2 in %s" % (config.api, config.file))
+    elif config.api == "v3" and original:
+        judge("api", "error", "api = v3, but the original helper's entries stand in "
+              "the v2 queue: it would not see a v3 lock, so two nodes could hold; "
+              "use api = auto until every node runs this helper")
+    else:
+        judge("api", "ok", "%s: %s" % (config.api, " and ".join(
+            api for api in ("v3", "v2") if serves[api] and config.api in (api, "auto"))))
+    if serves["v3"] and config.api != "v2":
+        _check_timing(admin, judge)
+
+
+def _check_timing(admin, judge):
+    """The lock's v3 key may be written with these credentials; lock_ttl
+    and refresh, against each other and against etcd's shortest lease (one
+    and a half election timeouts, rounded up)."""
+    config = admin.config
     try:
         lock = admin.v3_lock()
         if lock is None:
             return
-        lock._call("/kv/txn", {
-            "compare": [{"target": "CREATE", "key": lock.key, "result": "LESS",
-                         "create_revision": "0"}],
-            "success": [{"request_put": {"key": lock.key, "value": ""}}]}, admin.deadline())
-        _, data = lock._call("/lease/grant", {"TTL": 1}, admin.deadline())
-        shortest = _int(data.get("TTL"))
-        lock.lease = data.get("ID")
-        lock._revoke(admin.deadline())
+        lock.may_write(admin.deadline())
+        _, lease, shortest = lock.grant(1, admin.deadline())
+        lock.revoke(lease, admin.deadline())
         if config.username:
             judge("auth", "ok", "v3 accepts user %s, who may write the lock" % _shown(
                 config.username) if lock.token else "v3 authentication is off: username "
@@ -3204,20 +3390,10 @@ def _check_timing(config, transport, admin, judge):
     except EtcdLockError as e:
         judge("timing", "warning", "could not ask etcd for its shortest lease: %s" % e)
         return
-    margin = config.lock_ttl * (1 - FENCE_SHARE) - config.refresh
-    text = "lock_ttl %d s, refresh %g s; etcd's shortest lease %d s (election timeout " \
-           "about %.1f s)" % (config.lock_ttl, config.refresh, shortest, shortest / 1.5)
-    if margin <= 0:
-        judge("timing", "error", text + ": the holder would give the lock up before its "
-              "first refresh; make refresh much shorter than lock_ttl")
-    elif shortest > config.lock_ttl:
-        judge("timing", "warning", text + ": etcd stretches every lease to %d s, so a "
-              "dead holder's lock lives longer than lock_ttl" % shortest)
-    elif margin < shortest or config.refresh > config.lock_ttl / 3:
-        judge("timing", "warning", text + ": a leader election in etcd, or two late "
-              "refreshes, would cost the lock; keep refresh at a third of lock_ttl or less")
-    else:
-        judge("timing", "ok", text)
+    level, why = timing_problem(config.lock_ttl, config.refresh, shortest)
+    judge("timing", level, "lock_ttl %d s, refresh %g s; etcd's shortest lease %d s "
+          "(election timeout about %.1f s)%s" % (config.lock_ttl, config.refresh, shortest,
+                                                 shortest / 1.5, why))
 
 
 # ---------------------------------------------------------------------------
@@ -3226,10 +3402,10 @@ def _check_timing(config, transport, admin, judge):
 def parse_args(argv):
     """(verbosity, config file or None, mode, as JSON) from ``-v``/``-vv``/
     ``-vvv`` (or ``--verbose``, repeated), ``-c FILE`` (``--config FILE``)
-    and, for an admin, ``--status`` or ``--check``, with ``--json`` or
-    ``--help``.  Mode None is the helper ctdbd runs: there --help is an
-    error, as usage on stdout would read as a status.  (Not argparse: it
-    costs more start-up time than the rest of the helper's imports.)"""
+    and, for an admin, ``--status`` or ``--check`` (with ``--json``),
+    ``--help`` or ``--version``.  Mode None is the helper ctdbd runs.  (Not
+    argparse: it costs more start-up time than the rest of the helper's
+    imports.)"""
     verbose, config, mode, as_json, wants_help, args = 0, None, None, False, False, list(argv)
     while args:
         arg = args.pop(0)
@@ -3251,21 +3427,21 @@ def parse_args(argv):
             mode = arg[2:]
         elif arg == "--json":
             as_json = True
-        elif arg in ("-h", "--help"):
-            wants_help = True
+        elif arg in ("-h", "--help", "--version"):
+            wants_help = arg[2:] or "help"
         else:
             raise _usage("unknown argument %s" % _shown(arg))
-    if mode is None and (as_json or wants_help):
-        raise _usage("%s goes with --status or --check only (ctdbd reads a status byte "
-                     "on stdout)" % ("--json" if as_json else "--help"))
-    return verbose, config, "help" if wants_help else mode, as_json
+    if mode is None and as_json and not wants_help:
+        raise _usage("--json goes with --status or --check only (ctdbd reads a status byte "
+                     "on stdout)")
+    return verbose, config, wants_help or mode, as_json
 
 
 USAGE = """usage: %(prog)s [-v...] [-c FILE]
        %(prog)s --status [-c FILE] [--json] [-v...]
        %(prog)s --check [-c FILE] [--json] [-v...]
 
-Without --status or --check: the CTDB cluster lock helper, run by ctdbd
+Without an option but -v and -c: the CTDB cluster lock helper, run by ctdbd
 from ctdb.conf (cluster lock = !%(path)s); it writes one status byte
 to stdout: 0 taken (held until SIGTERM), 1 contention, 3 error.
 
@@ -3276,6 +3452,7 @@ to stdout: 0 taken (held until SIGTERM), 1 contention, 3 error.
   --json     one JSON object on stdout instead of lines for humans.
   -c FILE    the config file (default: $CTDB_BASE/etcd, else /etc/ctdb/etcd).
   -v         more detail on stderr (-vv requests, -vvv their bodies).
+  --version  the version; --help: this text.
 
 See ctdb-etcd(7).
 """
@@ -3283,7 +3460,7 @@ See ctdb-etcd(7).
 
 def _usage(problem):
     return ConfigError("bad command line: %s; usage: %s [-v...] [-c FILE] "
-                       "(or --status/--check, see --status --help)" % (problem, PROG))
+                       "(or --status/--check, see --help)" % (problem, PROG))
 
 
 class StatusPipe:
@@ -3349,110 +3526,130 @@ def main(argv=None):
     watch = Watch(ppid, stdout=status.fd if status.is_pipe else None)
     try:
         return run(argv, log, status, watch)
-    except (Terminated, ParentGone):
-        return 0
-    except Exception as e:  # a bug of ours: still one line, never a traceback
-        watch.leave()
-        log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
-        try:
-            status.write(STATUS_ERROR)
-        except ParentGone:
-            pass
+    except BaseException as e:  # a bug on the way out: still one line, no traceback
+        log.error("internal error leaving - %s: %s; please report it" % (
+            type(e).__name__, e))
         return 3
 
 
+class Life:
+    """What the helper has to give back when it goes: the lock (once made),
+    and the holder (once '0' was said), whose lock the process never
+    outlives."""
+
+    __slots__ = ("config", "lock", "holder")
+
+    def __init__(self):
+        self.config = self.lock = self.holder = None
+
+
 def run(argv, log, status, watch):
-    lock = holder = None
+    """The helper's life: take the lock, hold it, give it back.  Every way
+    out is an exception, and EXITS says what each means to ctdbd."""
+    life = Life()
     try:
         if watch.orphan:
             raise ParentGone("parent gone before we started")
         log.verbose, named, _, _ = parse_args(argv)
-        config = read_config(_config_path(named), required=named is not None)
+        life.config = config = read_config(
+            _config_path(named), required=named is not None,
+            name_lock=lambda config_file: netbios_name(config_file, watch))
         for warning in config.ignored:
             log.error(warning)
         if not status.is_pipe:
             log.error("stdout is not a pipe: ctdbd would give its helper one, and a "
                       "reader gone cannot be seen")
-        config.lock_name = find_lock_name(config, watch)
-        value = holder_value(watch)
+        value = our_value(watch)
         watch.check()
 
-        lock = make_lock(config, Transport(config, log, watch), value, log)
+        # Take.
+        life.lock = lock = make_lock(config, Transport(config, log, watch), value, log)
         # ctdbd's main daemon runs the end-of-recovery check, which wants
         # '1' at once; elections are its recovery daemon's (ctdb_recoverd).
         valid_until = take(lock, config, log, watch, 0 if _comm(watch.ppid) == "ctdbd"
                            else config.handover_wait)
         # No '0' before the lock's cluster is confirmed: the lock stays
         # valid meanwhile, and the wait ends well before its fence.
-        fence, now = valid_until - config.lock_ttl * FENCE_SHARE, clock()
+        fence, now = valid_until - config.fence_margin, watch.clock()
         lock.transport.confirm_cluster(now + min((fence - now) / 2, CONFIRM_WAIT))
-        if clock() >= valid_until - config.lock_ttl * FENCE_SHARE:
+        if watch.clock() >= fence:
             raise TransportError("etcd answered too late to trust the lock")
+
+        # Hold.
         holder = Holder(lock, config, log, watch, valid_until)
         holder.arm_backstop()  # from '0' on, nothing may block unguarded
         status.write(STATUS_HELD)
+        life.holder = holder
         log.info("took lock %s (%s) as %s" % (config.lock_key, lock.api, lock.value))
         holder.hold()
-    except ConfigError as e:
-        watch.leave()
-        log.error("config error - %s" % e)
-        status.write(STATUS_ERROR)
-        return 3
-    except LockContended as e:
-        watch.leave()  # ctdbd sends SIGTERM the moment it reads '1'
-        left = e.holding.left
-        log.info("lock %s is held by %s%s" % (
-            config.lock_key, e, "" if left is None else " (%d s left)" % left))
-        # Whatever we took on the way goes back before we say so; should
-        # that fail, it expires by its TTL, and it is still contention.
-        _release(lock, 1, log, quiet=True)
-        status.write(STATUS_CONTENDED)
-        return 1
-    except (Terminated, ParentGone) as e:
-        watch.leave()
-        held = status.written == STATUS_HELD
-        # ctdbd learns that the lock goes before we give it back, not after.
+        raise AssertionError("the hold ended without a reason")
+    except (Exception, Terminated, ParentGone) as e:
+        # Give back.
+        return _leave(e, life, log, status, watch)
+
+
+# The ways out, first match first: the exit code; the status byte for ctdbd
+# (None: none, or stdout closes); whether it is said before the lock goes
+# back (a '3' need not wait for that) or after (a '1' only once what we
+# took is back); the seconds the release may take; the line on stderr.
+# Once '0' was said, stdout always closes first: ctdbd learns that the lock
+# goes before it goes, and the release never outlives the lock.
+EXITS = (
+    (ConfigError, 3, STATUS_ERROR, True, 1,
+     lambda e, key, held: ("error", "config error - %s" % e)),
+    (LockContended, 1, STATUS_CONTENDED, False, 1,
+     lambda e, key, held: ("info", "lock %s is held by %s%s" % (
+         key, e, "" if e.occupant.left is None else " (%d s left)" % e.occupant.left))),
+    # Refreshes of ours may still be on their way to etcd, and each would
+    # extend the lock: release() queues its compare-and-delete behind them.
+    (LockLost, 1, None, False, 1,
+     lambda e, key, held: ("error", "lock lost - %s" % e)),
+    # Give back whatever we may have taken (a create whose answer was lost).
+    (EtcdLockError, 3, STATUS_ERROR, True, 1,
+     lambda e, key, held: ("error", "cannot take lock %s - %s" % (key, e))),
+    # ctdbd asked us to go, or is gone: no status, and quickly, since ctdbd
+    # may be racing for the lock.
+    (Terminated, 0, None, False, 2,
+     lambda e, key, held: ("info", "releasing lock %s: terminated by %s" % (
+         key, _signal_name(e.args[0])) if held else None)),
+    (ParentGone, 0, None, False, 0.4,
+     lambda e, key, held: ("info", "releasing lock %s: %s" % (key, e) if held else
+                           "%s; not taking the lock" % e)),
+    # A bug of ours: one line, never a traceback, and the lock goes back.
+    (Exception, 3, STATUS_ERROR, True, 1,
+     lambda e, key, held: ("error", "internal error - %s: %s; please report it" % (
+         type(e).__name__, e))),
+)
+
+
+def _leave(error, life, log, status, watch):
+    """Say what ``error`` means (EXITS), give the lock back, and the exit code."""
+    watch.leave()  # nothing interrupts the way out
+    code, byte, before, seconds, say = next(
+        row[1:] for row in EXITS if isinstance(error, row[0]))
+    held = life.holder is not None
+    if held or byte is None:
         status.close()
-        if held:
-            log.info("releasing lock %s: %s" % (
-                config.lock_key, "terminated by %s" % _signal_name(e.args[0])
-                if isinstance(e, Terminated) else e))
-        elif isinstance(e, ParentGone):
-            log.info("%s; not taking the lock" % e)
-        # Quickly: once our parent is gone, ctdbd may be racing for the lock.
-        _release(lock, 2 if isinstance(e, Terminated) else 0.4, log, quiet=not held,
-                 until=holder.valid_until if held else None)
-        return 0
-    except LockLost as e:
-        watch.leave()
-        status.close()  # first: ctdbd must not count on the lock a moment longer
-        log.error("lock lost - %s" % e)
-        # Refreshes of ours may still be on their way to etcd, and each
-        # would extend the lock: release() queues its compare-and-delete
-        # behind them.
-        _release(lock, 1, log, quiet=True, until=holder.valid_until)
-        return 1
-    except EtcdLockError as e:
-        watch.leave()
-        log.error("cannot take lock %s - %s" % (config.lock_key, e))
+    level, line = say(error, life.config.lock_key if life.config else "?", held)
+    if line:
+        (log.error if level == "error" else log.info)(line)
+    if before:
+        _say_status(status, byte)
+    # A release that fails is worth a line only when ctdbd asked us to go
+    # while we held the lock; otherwise the line above said it all.
+    _release(life.lock, seconds, log, quiet=not (held and code == 0),
+             until=life.holder.valid_until if held else None)
+    if not before:
+        _say_status(status, byte)
+    return code
+
+
+def _say_status(status, byte):
+    if byte:
         try:
-            status.write(STATUS_ERROR)
-        finally:
-            # Give back whatever we may have taken (a create whose answer
-            # was lost); the status went first, so ctdbd need not wait.
-            _release(lock, 1, log, quiet=True)
-        return 3
-    except Exception as e:  # a bug of ours: one line, and the lock goes back
-        watch.leave()
-        held = status.written == STATUS_HELD
-        if held:
-            status.close()
-        log.error("internal error - %s: %s; please report it" % (type(e).__name__, e))
-        try:
-            status.write(STATUS_ERROR)
-        finally:
-            _release(lock, 1, log, quiet=True, until=holder.valid_until if held else None)
-        return 3
+            status.write(byte)
+        except ParentGone:
+            pass  # nobody hears it
 
 
 def admin_main(argv):
@@ -3478,9 +3675,11 @@ def admin_main(argv):
         if mode == "help":
             sys.stdout.write(USAGE % {"prog": PROG, "path": "/usr/libexec/ctdb/" + PROG})
             return 0
-        config = read_config(_config_path(named), required=named is not None)
-        config.named_by = "lock_name" if config.lock_name else "testparm"
-        config.lock_name = find_lock_name(config, Watch(0))
+        if mode == "version":
+            sys.stdout.write("%s %s\n" % (PROG, __version__))
+            return 0
+        config = read_config(_config_path(named), required=named is not None,
+                             name_lock=lambda config_file: netbios_name(config_file, Watch(0)))
         return (status if mode == "status" else check)(config, log, as_json, sys.stdout)
     except Terminated as e:
         return failed("terminated by %s" % _signal_name(e.args[0]), quiet=True)
@@ -3495,12 +3694,15 @@ def admin_main(argv):
 
 
 def _admin_mode(argv):
-    """--status or --check among the arguments (not as -c's file)."""
+    """--status, --check, --help or --version among the arguments (not as
+    -c's file): an admin asks, and no status byte is due.  (Usage and the
+    version never begin with a status character, should ctdb.conf name the
+    helper with one of them by mistake.)"""
     args = iter(argv)
     for arg in args:
         if arg in ("-c", "--config"):
             next(args, None)
-        elif arg in ("--status", "--check"):
+        elif arg in ("--status", "--check", "-h", "--help", "--version"):
             return True
     return False
 
@@ -3515,6 +3717,7 @@ def _release(lock, seconds, log, quiet=False, until=None):
     which the process never outlives.  The backstop guards this wait too."""
     if lock is None:
         return
+    clock = lock.transport.clock
     hard_stop = seconds + 1
     if until is not None:
         # Past it already (we were stopped): queue the release, wait for nothing.

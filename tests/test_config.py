@@ -105,11 +105,27 @@ def test_unreadable_file_is_an_error(spawn, tmp_path):
     assert "not a regular file" in line and "adir" in line
 
 
-@pytest.mark.parametrize("args", [("--frobnicate",), ("-h",), ("-c",)])
+@pytest.mark.parametrize("args", [("--frobnicate",), ("-c",)])
 def test_bad_command_line(spawn, args):
-    # Not even --help: usage on stdout would read as a status to ctdbd.
     line = one_error_line(spawn(config="", args=args))
     assert args[0] in line and "usage" in line
+
+
+@pytest.mark.parametrize("args", [("-h",), ("--help",), ("-v", "--help"), ("--version",)])
+def test_help_and_version_say_so_and_exit_0(spawn, args):
+    """Usage and the version go to stdout, and never begin with a status
+    character: ctdb.conf naming the helper with one of them by mistake
+    never reads as a lock."""
+    helper = spawn(config="", args=args)
+    out = helper.status()
+    out += helper.rest_of_stdout().decode()
+    assert helper.wait() == 0
+    assert out[:1] not in "013", out
+    if args[-1] == "--version":
+        assert out == "ctdb_etcd_lock %s\n" % ctdb_etcd_lock.__version__
+    else:
+        assert out.startswith("usage: ") and "--status" in out and "--version" in out
+    assert helper.stderr() == ""
 
 
 def test_comments_blank_lines_and_alias(spawn, tmp_path, etcd34, key, lock_name):

@@ -273,6 +273,7 @@ class SuspendingWatch:
     def __init__(self):
         self.suspended = 0.0
         self.sleeps = 0
+        self.clock = ctdb_etcd_lock.clock
 
     def sleep(self, seconds):
         self.sleeps += 1
