@@ -1,4 +1,4 @@
-"""Shared fixtures: real etcd members (etcdmember.py) on free loopback
+"""Shared fixtures: real etcd members (lib/etcdmember.py) on free loopback
 ports, and the helper spawned as ctdbd spawns it (stdout a pipe, stderr
 captured, signals)."""
 
@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 sys.path.insert(0, ROOT)
 from etcdmember import FLAVOURS, read_text, start_etcd, wait_for  # noqa: E402
 

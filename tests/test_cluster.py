@@ -21,7 +21,7 @@ import pytest
 
 from conftest import HELPER, held_apis, helper_env, write_config
 from etcdmember import FLAVOURS, free_port, start_cluster, wait_for
-from test_network import DelayProxy
+from delayproxy import DelayProxy
 
 TTL, REFRESH = 3, 1
 SETTINGS = {"lock_ttl": TTL, "refresh": REFRESH}

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import HELPER, alive, eof_clock, next_holder
 from etcdmember import wait_for
-from test_network import DelayProxy
+from delayproxy import DelayProxy
 
 # A live holder has at least lock_ttl - refresh (4 s) left; one that stops
 # refreshing is "running out" below lock_ttl - refresh - 1.

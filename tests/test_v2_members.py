@@ -9,7 +9,7 @@ import pytest
 
 from conftest import HELPER, eof_clock, next_holder
 from etcdmember import start_cluster, wait_for
-from test_network import DelayProxy
+from delayproxy import DelayProxy
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Build, once, the Debian 13 (trixie) root in which tests/ctdbnodes.py runs
+# Build, once, the Debian 13 (trixie) root in which tests/lib/ctdbnodes.py runs
 # ctdbd 4.22: trixie's ctdb needs a newer glibc than Debian 12 has.  The root
 # is cached in ~/.cache/ctdb_etcd_lock/trixie-root and marked complete by a
 # stamp file, so a half-built root (no network, an interrupted run) is built

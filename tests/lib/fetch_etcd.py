@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Get an etcd server binary of a Debian suite without changing the system's apt state.
 
-    python3 tests/fetch_etcd.py SUITE [--cache DIR]   # SUITE: bookworm (etcd 3.4) or trixie (3.5)
+    python3 tests/lib/fetch_etcd.py SUITE [--cache DIR]   # SUITE: bookworm (etcd 3.4) or trixie (3.5)
 
 prints the binary's absolute path (exit 0), or one line on stderr (exit 1). Importable as
 etcd_binary(suite, cache_dir=None) -> str. Standard library only, Python 3.6+.

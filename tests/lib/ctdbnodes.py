@@ -31,8 +31,8 @@ import uuid
 
 from etcdmember import read_text, wait_for
 
-TESTS = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(TESTS)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 HELPER = os.path.join(ROOT, "ctdb_etcd_lock.py")
 ORIGINAL = "/usr/libexec/ctdb/ctdb_etcd_lock"
 CTDB_PORT = 4379
@@ -46,7 +46,7 @@ def trixie_root():
     """(root, None) if the Debian 13 root is built, else (None, why not)."""
     if not os.path.exists(TRIXIE_ROOT + ".complete"):
         return None, ("no Debian 13 root with ctdb 4.22 in %s: tests/run builds it with "
-                      "debootstrap (tests/make_trixie_root.sh; needs root and network)"
+                      "debootstrap (tests/lib/make_trixie_root.sh; needs root and network)"
                       % TRIXIE_ROOT)
     if os.geteuid() != 0:
         return None, "ctdb 4.22 runs in a chroot, which needs root"

@@ -17,7 +17,7 @@ Clock.  Every event is stamped with time.monotonic(), which is one clock for
 every namespace of the machine, so the logs of the nodes and the nemesis
 merge into one timeline.
 
-    python3 tests/netns.py node ...   the node agent (started by the tool)
+    python3 tests/lib/netns.py node ...   the node agent (started by the tool)
 """
 
 import argparse
@@ -38,7 +38,7 @@ import urllib.request
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 HELPER = os.path.join(ROOT, "ctdb_etcd_lock.py")
 sys.path.insert(0, HERE)
 from etcdmember import wait_for  # noqa: E402
