@@ -1633,7 +1633,7 @@ class Transport:
         self.members = None  # [[endpoint, addresses or None]], once known
         self.current = 0  # the member that answered last
         self.cluster_id = None  # as the first member to answer gave it
-        self.agreeing = set()  # members (URLs) that answered with that cluster id
+        self.agreeing = {}  # member URL -> its member id, for those in that cluster
         self.not_heard = {}  # member URL -> why it has not answered (for messages)
         self._next_ask = 0  # asks of members not heard from go round the list
         self.unanswered = 0  # requests sent that went unanswered (they may act yet)
@@ -1669,8 +1669,10 @@ class Transport:
         else:
             conn.close()
 
-    def check_cluster(self, cluster_id, endpoint):
-        """Every member must belong to one cluster (expected_cluster_id, if set)."""
+    def check_cluster(self, cluster_id, endpoint, member_id=None):
+        """Every member must belong to one cluster (expected_cluster_id, if
+        set).  ``member_id``: the member's own id, where the answer gives it
+        (v3 answers do, v2 answers do not)."""
         if not cluster_id:
             return
         expected = self.config.expected_cluster_id
@@ -1686,27 +1688,34 @@ class Transport:
                                 "list the members of one cluster only" % (
                                     endpoint, cluster_id, self.cluster_id[1],
                                     self.cluster_id[0]))
-        self.agreeing.add(endpoint)
-        self.not_heard.pop(endpoint, None)
+        if member_id or endpoint not in self.agreeing:
+            self.agreeing[endpoint] = member_id or self.agreeing.get(endpoint)
+        if self.agreeing[endpoint]:
+            self.not_heard.pop(endpoint, None)
 
     def confirmed(self):
         """Whether there is reason to believe that the member the lock was
         taken through belongs to the cluster the config means: every answer
         matched expected_cluster_id, or more than half of the listed members
-        answered with its cluster id.  Two nodes that list the same members
-        can then never hold in two clusters: two majorities of one list
-        share a member.  (The cluster's own member list would not do: a
-        stray member vouches for itself.)"""
+        answered with its cluster id, each a member of its own (by member
+        id: one listed under two names, or two clusters built alike from
+        etcd's defaults, whose ids are the same, count once).  Two nodes
+        that list the same members can then never hold in two clusters: two
+        majorities of one list share a member.  (The cluster's own member
+        list would not do: a stray member vouches for itself.)"""
         if len(self.members) == 1:
             return True  # the member the lock was taken through
         if self.config.expected_cluster_id:
             return self.cluster_id is not None
-        return 2 * len(self.agreeing) > len(self.members)
+        return 2 * len(self._agreeing_members()) > len(self.members)
+
+    def _agreeing_members(self):
+        return set(member for member in self.agreeing.values() if member)
 
     def _unheard(self):
-        # Not the member asked now: each of its answers is checked anyway.
+        """Members not heard from, or whose member id we do not know yet."""
         return [index for index, (endpoint, _) in enumerate(self.members)
-                if endpoint.url not in self.agreeing and index != self.current]
+                if not self.agreeing.get(endpoint.url)]
 
     def confirm_cluster(self, deadline):
         """Return once confirmed(), asking the members not heard from yet,
@@ -1732,17 +1741,19 @@ class Transport:
             self.watch.sleep(max(min(self.FIRST_LOOK / 5, deadline - self.clock()), 0))
 
     def _unconfirmed(self):
-        heard = sorted(self.agreeing)
+        heard = sorted(url for url, member in self.agreeing.items() if member)
         not_heard = ["%s (%s)" % (endpoint.url, self.not_heard.get(endpoint.url, "not asked"))
                      for index, (endpoint, _) in enumerate(self.members)
-                     if endpoint.url not in self.agreeing]
+                     if not self.agreeing.get(endpoint.url)]
         return EtcdLockError(
             "cannot confirm that etcd at %s belongs to the cluster that %s means: %d of "
-            "the %d members listed answered with cluster %s (%s), not heard: %s; more "
+            "the %d members listed answered with cluster %s (%s%s), not heard: %s; more "
             "than half must, unless expected_cluster_id is set: list every member of the "
             "cluster, or set expected_cluster_id (ctdb_etcd_lock --check prints it)" % (
-                self.endpoint, self.config.file, len(heard), len(self.members),
-                self.cluster_id[0] if self.cluster_id else "?", ", ".join(heard) or "none",
+                self.endpoint, self.config.file, len(self._agreeing_members()),
+                len(self.members), self.cluster_id[0] if self.cluster_id else "?",
+                ", ".join(heard) or "none", "; some of them one member under two names"
+                if len(self._agreeing_members()) < len(heard) else "",
                 ", ".join(not_heard) or "none"))
 
     def ask_unheard(self, deadline):
@@ -1755,6 +1766,26 @@ class Transport:
         self._next_ask = index + 1
         self.ask_cluster(index, deadline)
         return True
+
+    def serves_v2(self, index, deadline):
+        """Whether one member serves v2 now (None: no answer in time), asked
+        on a connection of its own: the lock's stays as it is."""
+        endpoint, addresses = self.members[index]
+        if addresses is None:
+            return None
+        conn = None
+        try:
+            conn = Connection(endpoint, addresses, deadline, self.clock, self.watch,
+                              self._tls_context() if endpoint.scheme == "https" else None)
+            status, _, body, _ = conn.exchange(Connection.encode(
+                "GET", endpoint.netloc, self.config.version_prefix + "/keys/", {}, None),
+                deadline)
+        except (_NoTime, _Closed, ValueError, OSError):
+            return None
+        finally:
+            if conn is not None:
+                conn.close()
+        return not _serves_no_v2(Response(status, {}, body, endpoint.url))
 
     def ask_cluster(self, index, deadline):
         """Ask one member which cluster it belongs to (v3 maintenance/status,
@@ -1784,17 +1815,18 @@ class Transport:
             finally:
                 if conn is not None:
                     conn.close()
-            cluster_id = headers.get("x-etcd-cluster-id")
-            if not cluster_id and status == 200:
+            cluster_id, member_id = headers.get("x-etcd-cluster-id"), None
+            if status == 200:
                 try:
-                    cluster_id = _int(json.loads(body.decode())["header"]["cluster_id"])
+                    header = json.loads(body.decode())["header"]
+                    cluster_id, member_id = format(_int(header["cluster_id"]), "x"), \
+                        _int(header["member_id"])
                 except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
                     pass
-                cluster_id = format(cluster_id, "x") if cluster_id else None
-            if cluster_id:
-                self.check_cluster(cluster_id, endpoint.url)
+            if cluster_id and cluster_id != "0" and member_id:
+                self.check_cluster(cluster_id, endpoint.url, member_id)
                 return True
-            why = "HTTP %d without a cluster id" % status
+            why = "HTTP %d without a cluster and member id" % status
             if status != 404:
                 break
         self.not_heard[endpoint.url] = why
@@ -1834,7 +1866,7 @@ class Transport:
             order = [index for index in order if index not in self.without_v2]
             if not order:
                 return next(iter(self.without_v2.values()))
-        failures, refusal = [], None
+        failures, refusal, served = [], None, None
         for attempt, index in enumerate(order):
             left = deadline - self.clock()
             if left <= 0 and failures:
@@ -1859,12 +1891,17 @@ class Transport:
                 # (What it was asked may still be done, as after a timeout.)
                 failures.append("%s answered HTTP %d" % (response.endpoint, response.status))
                 self.unanswered += 1
+                if api == "v2" and b"errorCode" in response.body:
+                    served = response  # a v2 error of its own: it serves v2
                 continue
             self.current = index
             return response
+        if served is not None:
+            return served  # v2 is served, only not now: never "not served"
         if refusal is not None:
             # Those that answered serve no v2; one that did not may (a
-            # member down): we cannot know better.
+            # member down): we cannot know better.  (An auto holder keeps
+            # asking while it holds: Transport.serves_v2.)
             return refusal
         if len(failures) == 1:
             raise TransportError(failures[0])
@@ -2361,6 +2398,10 @@ class V2Lock:
                 raise
         return True
 
+    def look_around(self, deadline):
+        """Between refreshes: ask a member not heard from (Transport)."""
+        return self.transport.ask_unheard(deadline)
+
     def next_round(self, value):
         self.former.append(self.value)
         self.value = value
@@ -2441,7 +2482,7 @@ class V3Lock:
         header = data.get("header") or data.get("result", {}).get("header") or {}
         if "cluster_id" in header:
             self.transport.check_cluster(format(_int(header["cluster_id"]), "x"),
-                                         response.endpoint)
+                                         response.endpoint, _int(header.get("member_id")))
         return data
 
     def _authenticate(self, deadline):
@@ -2585,6 +2626,8 @@ class V3Lock:
     def next_round(self, value):
         self.value = value  # release() has given back the lease and key
 
+    look_around = V2Lock.look_around
+
     def _revoke(self, deadline):
         if self.lease is None:
             return
@@ -2609,7 +2652,7 @@ def _b64_text(base64, text):
 def _int(text):
     try:
         return int(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: Infinity
         return 0
 
 
@@ -2644,10 +2687,31 @@ class LockSet:
         self.held = []
         self.log = log
         self.api = "+".join(lock.api for lock in locks)
+        self._next_v2_ask = 0
 
     @property
     def value(self):
         return self.candidates[0].value
+
+    def look_around(self, deadline):
+        """Between refreshes: a member not heard from, else (where no member
+        that answered served v2 when we took the lock, so that we hold
+        none) whether a member serves v2 now, one after another: one that
+        does could give a v2-only helper the lock there."""
+        if self.transport.ask_unheard(deadline):
+            return True
+        skipped = [lock for lock in self.candidates if lock not in self.held
+                   and lock.api == "v2"]
+        members = self.transport.members or []
+        if not skipped or not members or deadline - self.transport.clock() < 0.05:
+            return False
+        index = self._next_v2_ask % len(members)
+        self._next_v2_ask += 1
+        if self.transport.serves_v2(index, deadline):
+            raise LockLost("etcd at %s serves v2 now, but the lock was taken without v2 "
+                           "(no member that answered served it then): a v2-only helper "
+                           "could take it there; giving it up" % members[index][0].url)
+        return True
 
     def next_round(self, value):
         for lock in self.candidates:
@@ -2842,7 +2906,7 @@ class Holder:
                     # cluster: ask, only with time left before the refresh.
                     asks -= 1
                     try:
-                        if self.lock.transport.ask_unheard(min(next_refresh, self.fence_at)):
+                        if self.lock.look_around(min(next_refresh, self.fence_at)):
                             continue
                     except EtcdLockError as e:
                         raise LockLost(str(e)) from None
@@ -3093,12 +3157,6 @@ def check(config, log, as_json, out):
     if members and not answered:
         judge("members", "error", "no member answered; check the members in %s"
               % config.file)
-    if v2_served[True] and v2_served[False]:
-        # One v2 keyspace behind them all, reached only through some: a
-        # helper that asks the others cannot see a v2 lock held there.
-        judge("api", "error", "the members disagree on v2: served by %s, not by %s; serve "
-              "it on every member or on none (etcd's --enable-v2)" % (
-                  ", ".join(v2_served[True]), ", ".join(v2_served[False])))
     elif members:
         expected = config.expected_cluster_id
         if len(clusters) > 1:
@@ -3125,6 +3183,12 @@ def check(config, log, as_json, out):
                       "listed by mistake is refused at once, and taking the lock does not "
                       "need a majority of the listed members" % (next(iter(clusters)),
                                                                  config.file))
+    if v2_served[True] and v2_served[False]:
+        # One v2 keyspace behind them all, reached only through some: a
+        # helper that asks the others cannot see a v2 lock held there.
+        judge("api", "error", "the members disagree on v2: served by %s, not by %s; serve "
+              "it on every member or on none (etcd's --enable-v2)" % (
+                  ", ".join(v2_served[True]), ", ".join(v2_served[False])))
 
     # The lock's APIs, with the credentials configured.
     if answered:
