@@ -1664,7 +1664,7 @@ class Transport:
         self.members = None  # [[endpoint, addresses or None]], once known
         self.current = 0  # the member that answered last
         self.cluster_id = None  # as the first member to answer gave it
-        self.agreeing = set()  # members (URLs) that answered with that cluster id
+        self.agreeing = {}  # member URL -> its member id, for those in that cluster
         self.not_heard = {}  # member URL -> why it has not answered (for messages)
         self._next_ask = 0  # asks of members not heard from go round the list
         self.unanswered = 0  # requests sent that went unanswered (they may act yet)
@@ -1700,8 +1700,10 @@ class Transport:
         else:
             conn.close()
 
-    def check_cluster(self, cluster_id, endpoint):
-        """Every member must belong to one cluster (expected_cluster_id, if set)."""
+    def check_cluster(self, cluster_id, endpoint, member_id=None):
+        """Every member must belong to one cluster (expected_cluster_id, if
+        set).  ``member_id``: the member's own id, where the answer gives it
+        (v3 answers do, v2 answers do not)."""
         if not cluster_id:
             return
         expected = self.config.expected_cluster_id
@@ -1717,27 +1719,34 @@ class Transport:
                                 "list the members of one cluster only" % (
                                     endpoint, cluster_id, self.cluster_id[1],
                                     self.cluster_id[0]))
-        self.agreeing.add(endpoint)
-        self.not_heard.pop(endpoint, None)
+        if member_id or endpoint not in self.agreeing:
+            self.agreeing[endpoint] = member_id or self.agreeing.get(endpoint)
+        if self.agreeing[endpoint]:
+            self.not_heard.pop(endpoint, None)
 
     def confirmed(self):
         """Whether there is reason to believe that the member the lock was
         taken through belongs to the cluster the config means: every answer
         matched expected_cluster_id, or more than half of the listed members
-        answered with its cluster id.  Two nodes that list the same members
-        can then never hold in two clusters: two majorities of one list
-        share a member.  (The cluster's own member list would not do: a
-        stray member vouches for itself.)"""
+        answered with its cluster id, each a member of its own (by member
+        id: one listed under two names, or two clusters built alike from
+        etcd's defaults, whose ids are the same, count once).  Two nodes
+        that list the same members can then never hold in two clusters: two
+        majorities of one list share a member.  (The cluster's own member
+        list would not do: a stray member vouches for itself.)"""
         if len(self.members) == 1:
             return True  # the member the lock was taken through
         if self.config.expected_cluster_id:
             return self.cluster_id is not None
-        return 2 * len(self.agreeing) > len(self.members)
+        return 2 * len(self._agreeing_members()) > len(self.members)
+
+    def _agreeing_members(self):
+        return set(member for member in self.agreeing.values() if member)
 
     def _unheard(self):
-        # Not the member asked now: each of its answers is checked anyway.
+        """Members not heard from, or whose member id we do not know yet."""
         return [index for index, (endpoint, _) in enumerate(self.members)
-                if endpoint.url not in self.agreeing and index != self.current]
+                if not self.agreeing.get(endpoint.url)]
 
     def confirm_cluster(self, deadline):
         """Return once confirmed(), asking the members not heard from yet,
@@ -1763,17 +1772,19 @@ class Transport:
             self.watch.sleep(max(min(self.FIRST_LOOK / 5, deadline - self.clock()), 0))
 
     def _unconfirmed(self):
-        heard = sorted(self.agreeing)
+        heard = sorted(url for url, member in self.agreeing.items() if member)
         not_heard = ["%s (%s)" % (endpoint.url, self.not_heard.get(endpoint.url, "not asked"))
                      for index, (endpoint, _) in enumerate(self.members)
-                     if endpoint.url not in self.agreeing]
+                     if not self.agreeing.get(endpoint.url)]
         return EtcdLockError(
             "cannot confirm that etcd at %s belongs to the cluster that %s means: %d of "
-            "the %d members listed answered with cluster %s (%s), not heard: %s; more "
+            "the %d members listed answered with cluster %s (%s%s), not heard: %s; more "
             "than half must, unless expected_cluster_id is set: list every member of the "
             "cluster, or set expected_cluster_id (ctdb_etcd_lock --check prints it)" % (
-                self.endpoint, self.config.file, len(heard), len(self.members),
-                self.cluster_id[0] if self.cluster_id else "?", ", ".join(heard) or "none",
+                self.endpoint, self.config.file, len(self._agreeing_members()),
+                len(self.members), self.cluster_id[0] if self.cluster_id else "?",
+                ", ".join(heard) or "none", "; some of them one member under two names"
+                if len(self._agreeing_members()) < len(heard) else "",
                 ", ".join(not_heard) or "none"))
 
     def ask_unheard(self, deadline):
@@ -1786,6 +1797,26 @@ class Transport:
         self._next_ask = index + 1
         self.ask_cluster(index, deadline)
         return True
+
+    def serves_v2(self, index, deadline):
+        """Whether one member serves v2 now (None: no answer in time), asked
+        on a connection of its own: the lock's stays as it is."""
+        endpoint, addresses = self.members[index]
+        if addresses is None:
+            return None
+        conn = None
+        try:
+            conn = Connection(endpoint, addresses, deadline, self.clock, self.watch,
+                              self._tls_context() if endpoint.scheme == "https" else None)
+            status, _, body, _ = conn.exchange(Connection.encode(
+                "GET", endpoint.netloc, self.config.version_prefix + "/keys/", {}, None),
+                deadline)
+        except (_NoTime, _Closed, ValueError, OSError):
+            return None
+        finally:
+            if conn is not None:
+                conn.close()
+        return not _serves_no_v2(Response(status, {}, body, endpoint.url))
 
     def ask_cluster(self, index, deadline):
         """Ask one member which cluster it belongs to (v3 maintenance/status,
@@ -1815,17 +1846,18 @@ class Transport:
             finally:
                 if conn is not None:
                     conn.close()
-            cluster_id = headers.get("x-etcd-cluster-id")
-            if not cluster_id and status == 200:
+            cluster_id, member_id = headers.get("x-etcd-cluster-id"), None
+            if status == 200:
                 try:
-                    cluster_id = _int(json.loads(body.decode())["header"]["cluster_id"])
+                    header = json.loads(body.decode())["header"]
+                    cluster_id, member_id = format(_int(header["cluster_id"]), "x"), \
+                        _int(header["member_id"])
                 except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
                     pass
-                cluster_id = _hex(cluster_id) if cluster_id else None
-            if cluster_id:
-                self.check_cluster(cluster_id, endpoint.url)
+            if cluster_id and cluster_id != "0" and member_id:
+                self.check_cluster(cluster_id, endpoint.url, member_id)
                 return True
-            why = "HTTP %d without a cluster id" % status
+            why = "HTTP %d without a cluster and member id" % status
             if status != 404:
                 break
         self.not_heard[endpoint.url] = why
@@ -1865,7 +1897,7 @@ class Transport:
             order = [index for index in order if index not in self.without_v2]
             if not order:
                 return next(iter(self.without_v2.values()))
-        failures, refusal = [], None
+        failures, refusal, served = [], None, None
         for attempt, index in enumerate(order):
             left = deadline - self.clock()
             if left <= 0 and failures:
@@ -1890,12 +1922,17 @@ class Transport:
                 # (What it was asked may still be done, as after a timeout.)
                 failures.append("%s answered HTTP %d" % (response.endpoint, response.status))
                 self.unanswered += 1
+                if api == "v2" and b"errorCode" in response.body:
+                    served = response  # a v2 error of its own: it serves v2
                 continue
             self.current = index
             return response
+        if served is not None:
+            return served  # v2 is served, only not now: never "not served"
         if refusal is not None:
             # Those that answered serve no v2; one that did not may (a
-            # member down): we cannot know better.
+            # member down): we cannot know better.  (An auto holder keeps
+            # asking while it holds: Transport.serves_v2.)
             return refusal
         if len(failures) == 1:
             raise TransportError(failures[0])
@@ -2156,6 +2193,13 @@ class Lock:
         one's, or be timed from this one's sends."""
         raise NotImplementedError
 
+    def look_around(self, deadline):
+        """Between refreshes, with time before the deadline: ask what could
+        end the hold although the lock refreshes (a listed member not heard
+        from may be of another cluster).  True if it asked something;
+        raises what it found."""
+        return self.transport.ask_unheard(deadline)
+
 
 # -- Answers, checked where they are parsed
 
@@ -2185,7 +2229,8 @@ def _field(record, name, kind, what, default=_REQUIRED):
 class V2Node:
     """A node of a v2 answer: a lock's directory, or an entry in it."""
 
-    __slots__ = ("key", "value", "dir", "ttl", "expiration", "created", "modified", "nodes")
+    __slots__ = ("key", "value", "dir", "ttl", "expiration", "created", "modified", "nodes",
+                 "what")
 
     def __init__(self, raw, what):
         self.key = _field(raw, "key", str, what)
@@ -2193,9 +2238,17 @@ class V2Node:
         self.value = _field(raw, "value", str, what, None)
         self.ttl = _field(raw, "ttl", int, what, 0)  # left out once 0 (expired)
         self.expiration = _field(raw, "expiration", str, what, None)
-        self.created = _field(raw, "createdIndex", int, what)
-        self.modified = _field(raw, "modifiedIndex", int, what)
+        self.created = _field(raw, "createdIndex", int, what, None)
+        self.modified = _field(raw, "modifiedIndex", int, what, None)
         self.nodes = [V2Node(node, what) for node in _field(raw, "nodes", list, what, [])]
+        self.what = what
+
+    def index(self):
+        """The modifiedIndex of an entry we refresh: etcd always gives it."""
+        if not self.modified or self.modified <= 0:
+            raise TransportError("%s has no modifiedIndex for %s" % (self.what,
+                                                                      _cut(self.key, 80)))
+        return self.modified
 
     def occupant(self):
         return Occupant(self.value, self.ttl if self.expiration else None, since=self.created,
@@ -2428,7 +2481,7 @@ class V2Lock(Lock):
             raise LockContended(occupant, self)
         for entry in ours[1:]:  # sent twice: the others stand behind, in everyone's way
             self._delete(entry.key, deadline)
-        self.index, self.index_sent = first.modified, None
+        self.index, self.index_sent = first.index(), None
         # From the first send of this try's POST, which queued every entry
         # with its value.
         return sent + self.ttl
@@ -2469,7 +2522,7 @@ class V2Lock(Lock):
                 valid_from = self.index_sent
             if node.value != self.value:
                 raise LockLost("v2 entry %s answered a refresh with another value" % self.entry)
-            self.index, self.index_sent = node.modified, None
+            self.index, self.index_sent = node.index(), None
             entries = self.entries(deadline)
         except EtcdError as e:
             if e.code == 100:
@@ -2493,7 +2546,7 @@ class V2Lock(Lock):
         _, node = self._request("GET", self._entry_url() + "?quorum=true", deadline)
         if node.value != self.value:
             raise LockLost("v2 entry %s no longer holds our value" % self.entry)
-        if node.modified == self.index:
+        if node.index() == self.index:
             raise TransportError("%s refused a refresh whose compare holds (entry %s)" % (
                 self.transport.endpoint, self.entry))
         return node
@@ -2629,8 +2682,9 @@ class V3Lock(Lock):
         if header is None:  # a keepalive's is in its result
             header = _field(_field(data, "result", dict, what, {}), "header", dict, what, {})
         if "cluster_id" in header:
-            self.transport.check_cluster(_hex(_field(header, "cluster_id", "int64", what)),
-                                         response.endpoint)
+            self.transport.check_cluster(
+                _hex(_field(header, "cluster_id", "int64", what)), response.endpoint,
+                _field(header, "member_id", "int64", what, 0))
         return data
 
     def _authenticate(self, deadline):
@@ -2824,10 +2878,31 @@ class LockSet(Lock):
         self.held = []
         self.log = log
         self.api = "+".join(lock.api for lock in locks)
+        self._next_v2_ask = 0
 
     @property
     def value(self):
         return self.candidates[0].value
+
+    def look_around(self, deadline):
+        """Between refreshes: a member not heard from, else (where no member
+        that answered served v2 when we took the lock, so that we hold
+        none) whether a member serves v2 now, one after another: one that
+        does could give a v2-only helper the lock there."""
+        if self.transport.ask_unheard(deadline):
+            return True
+        skipped = [lock for lock in self.candidates if lock not in self.held
+                   and lock.api == "v2"]
+        members = self.transport.members or []
+        if not skipped or not members or deadline - self.transport.clock() < 0.05:
+            return False
+        index = self._next_v2_ask % len(members)
+        self._next_v2_ask += 1
+        if self.transport.serves_v2(index, deadline):
+            raise LockLost("etcd at %s serves v2 now, but the lock was taken without v2 "
+                           "(no member that answered served it then): a v2-only helper "
+                           "could take it there; giving it up" % members[index][0].url)
+        return True
 
     def next_round(self, value):
         for lock in self.candidates:
@@ -3037,7 +3112,7 @@ class Holder:
                     # cluster: ask, only with time left before the refresh.
                     asks -= 1
                     try:
-                        if self.lock.transport.ask_unheard(min(next_refresh, self.fence_at)):
+                        if self.lock.look_around(min(next_refresh, self.fence_at)):
                             continue
                     except EtcdLockError as e:
                         raise LockLost(str(e)) from None
@@ -3249,8 +3324,9 @@ def check(config, log, as_json, out):
         _check_apis(admin, judge, members)
     else:
         level, why = timing_problem(config.lock_ttl, config.refresh)
-        judge("timing", level, "lock_ttl %d s, refresh %g s (etcd not asked)%s" % (
-            config.lock_ttl, config.refresh, why))
+        judge("timing", "error" if level == "error" else "warning",
+              "lock_ttl %d s, refresh %g s (etcd not asked)%s" % (
+                  config.lock_ttl, config.refresh, why))
     problems = [r for r in results if r["level"] == "error"]
     judge("result", "error" if problems else "ok",
           "%d problem(s): the helper would not work" % len(problems) if problems else

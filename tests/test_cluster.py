@@ -20,7 +20,7 @@ import uuid
 import pytest
 
 from conftest import HELPER, held_apis, helper_env, write_config
-from etcdmember import FLAVOURS, free_port, start_cluster, wait_for
+from etcdmember import FLAVOURS, free_port, start_cluster, start_etcd, wait_for
 from delayproxy import DelayProxy
 
 TTL, REFRESH = 3, 1
@@ -385,6 +385,53 @@ def test_majority_of_the_listed_members_or_expected_cluster_id(etcd_members, spa
                    expected_cluster_id=etcd.cluster_id(), **SETTINGS)
     assert helper.status() == "0", helper.stderr()
     assert helper.terminate() == 0
+
+
+@pytest.fixture(scope="module")
+def built_alike(tmp_path_factory):
+    """Two one-member clusters set up from etcd's defaults (name, peer URL,
+    token): one cluster id and one member id between them."""
+    members = [start_etcd("etcd34", str(tmp_path_factory.mktemp(name)), built_alike=True)
+               for name in ("stray", "real")]
+    yield members
+    for member in members:
+        member.stop()
+
+
+@pytest.mark.parametrize("api", ["v2", "v3"])
+def test_clusters_built_alike_are_two_members_not_one(built_alike, spawn, api):
+    # Node 1 lists [X, A], X a stray with A's cluster id (both from etcd's
+    # defaults); node 2 lists A and holds.  X and A are one member by id,
+    # not a majority of two: node 1 must not hold on X.
+    stray, real = built_alike
+    assert stray.cluster_id() == real.cluster_id()
+    name = new_lock_name()
+    node2 = spawn(None, args=(), api=api, lock_name=name, host="127.0.0.1:%d" % real.port,
+                  **SETTINGS)
+    assert node2.status() == "0", node2.stderr()
+    node1 = spawn(None, args=(), api=api, lock_name=name, host="127.0.0.1:%d, 127.0.0.1:%d"
+                  % (stray.port, real.port), **SETTINGS)
+    assert node1.status() == "3", node1.stderr()
+    [line] = node1.stderr_lines()
+    assert "cannot confirm" in line and "one member under two names" in line, line
+    assert node2.terminate() == 0
+
+
+def test_one_member_under_two_names_counts_once(etcd_members, tmp_path, spawn):
+    # [127.0.0.1:X, localhost:X, 127.0.0.1:A]: X twice is no majority of
+    # three; A, asked, belongs to another cluster.
+    (tmp_path / "stray").mkdir()
+    stray = start_etcd("etcd34", str(tmp_path / "stray"))
+    try:
+        real = etcd_members("etcd34")
+        node1 = spawn(None, args=(), api="v3", lock_name=new_lock_name(),
+                      host="127.0.0.1:%d, localhost:%d, 127.0.0.1:%d" % (
+                          stray.port, stray.port, real.port), **SETTINGS)
+        assert node1.status() == "3", node1.stderr()
+        [line] = node1.stderr_lines()
+        assert real.cluster_id() in line and stray.cluster_id() in line, line
+    finally:
+        stray.stop()
 
 
 def test_member_of_another_cluster_heard_while_holding(clusters, etcd_members, spawn):

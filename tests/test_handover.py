@@ -210,7 +210,9 @@ def test_an_entry_our_earlier_round_left_is_not_adopted(etcd34, spawn, key):
     believe in it after it expired, and another node would hold as well."""
     slow, fast = DelayProxy(etcd34.port), DelayProxy(etcd34.port)
     try:
-        slow.delay, slow.only = 4.5, b"POST"  # longer than its share of the deadline
+        # The POST only (a member that still says which cluster it is in),
+        # longer than its share of the deadline.
+        slow.delay, slow.only = 4.5, b"POST /v2/keys"
         etcd34.v2("POST", key, value="host=gone pnn=1 pid=1 id=00", ttl=7)
         settings = dict(api="v2", lock_ttl=9, refresh=2, handover_wait=4)
         contender = spawn(host="127.0.0.1:%d, 127.0.0.1:%d" % (slow.port, fast.port),

@@ -266,6 +266,10 @@ ACQUIRE = {
     "201 with a number": send(answer("201 Created", b"42")),
     "wrong-typed json": None,  # nonsense(api)
     "empty json object": send(answer("200 OK", b"{}")),
+    # JSON numbers Python reads as infinity, where ids and TTLs go.
+    "numbers past infinity": send(answer("200 OK", b'{"header": {"cluster_id": 1e400, '
+                                         b'"member_id": -1e400}, "ID": 1e400, "TTL": 1e400, '
+                                         b'"node": {"key": 1e400}}')),
     "huge header": huge_header,
     "huge body": huge_body,
     "endless chunks": endless_chunks,

@@ -4,6 +4,7 @@ member hands to the leader late, and members that disagree on serving v2
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -120,3 +121,58 @@ def test_check_reports_members_that_disagree_on_v2(mixed_v2_cluster, tmp_path, l
     assert line.split()[1] == "error"
     for member in cluster.members:
         assert member.url in line
+
+
+def test_a_v2_error_from_the_member_that_serves_v2_is_no_refusal(tmp_path, proxies, spawn,
+                                                                key):
+    """The one member that serves v2 answers the v2 POST with an error of
+    v2's own (500, raft timeout: its link to the leader is slow), the others
+    say v2 is not served: v2 is served, so an auto helper must not take the
+    lock without it."""
+    made = {}
+
+    def start(port):
+        made["peer"] = proxies(port)
+        return made["peer"]
+    cluster = start_cluster("etcd34", str(tmp_path / "cluster"), v2=[True, False, False],
+                            peer_proxies={0: start})
+    try:
+        m0, m1, m2 = cluster.members
+        if cluster.leader() is m0:  # the slow member must be a follower
+            m1.is_leader()
+            m0.http("POST", "/v3/maintenance/transfer-leadership",
+                    json.dumps({"targetID": m1.member_id}).encode(),
+                    {"Content-Type": "application/json"})
+            wait_for(lambda: m1.is_leader(), 10, "m1 to lead")
+        made["peer"].back_delay = 7  # longer than etcd's request timeout (6 s here)
+        auto = spawn(host=cluster.hosts([m1, m0, m2]), port=None, api="auto", lock_ttl=20,
+                     refresh=5)
+        status = auto.status(timeout=30)
+        made["peer"].back_delay = 0
+        if status == "0":  # only with the v2 lock taken after all
+            assert "pid=%d" % auto.proc.pid in (cluster.v2_value(key) or ""), auto.stderr()
+        else:
+            assert status == "3", auto.stderr()
+            assert "skipping the v2 lock" not in auto.stderr()
+    finally:
+        cluster.stop()
+
+
+def test_an_auto_holder_gives_up_when_a_member_comes_back_with_v2(mixed_v2_cluster, spawn):
+    """Taken while the one member that serves v2 was down, the lock holds no
+    v2 entry: once that member is back, a v2-only helper could take the lock
+    through it, so the auto holder, which keeps asking, gives it up."""
+    cluster = mixed_v2_cluster
+    m0, m1, m2 = cluster.members
+    m0.kill()
+    try:
+        auto = spawn(host=cluster.hosts([m1, m2, m0]), port=None, api="auto")
+        assert auto.status() == "0", auto.stderr()
+        assert "skipping the v2 lock" in auto.stderr()
+    finally:
+        m0.start()
+    back = time.monotonic()
+    assert auto.eof(10), auto.stderr()
+    assert time.monotonic() - back < 3 * 0.5 + 2, auto.stderr()  # a few refresh rounds
+    lost = [line for line in auto.stderr_lines() if "lock lost" in line]
+    assert len(lost) == 1 and m0.url in lost[0] and "serves v2 now" in lost[0], lost

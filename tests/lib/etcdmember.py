@@ -155,6 +155,8 @@ class Client:
 class Etcd(Client):
     """One etcd member in a temp dir; a tiny client for checking what it holds."""
 
+    built_alike = False  # True: etcd's default identity (every such cluster has one id)
+
     def __init__(self, binary, v2, workdir):
         self.binary = binary
         self.serves_v2 = v2
@@ -170,11 +172,13 @@ class Etcd(Client):
     def start(self):
         for _ in range(5):
             self.port, peer = free_port(), free_port()
-            argv = [self.binary, "--name", "m0", "--data-dir", os.path.join(self.workdir, "data"),
+            argv = [self.binary, "--data-dir", os.path.join(self.workdir, "data"),
                     "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
-                    "--listen-peer-urls", "http://127.0.0.1:%d" % peer,
-                    "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer,
-                    "--initial-cluster", "m0=http://127.0.0.1:%d" % peer]
+                    "--listen-peer-urls", "http://127.0.0.1:%d" % peer]
+            if not self.built_alike:  # else etcd's defaults: name, peer URL, cluster
+                argv += ["--name", "m0",
+                         "--initial-advertise-peer-urls", "http://127.0.0.1:%d" % peer,
+                         "--initial-cluster", "m0=http://127.0.0.1:%d" % peer]
             if self.serves_v2:
                 argv.append("--enable-v2")
             argv += self.more_arguments()
@@ -257,10 +261,16 @@ def b64(text):
     return base64.b64encode(text.encode()).decode()
 
 
-def start_etcd(flavour, workdir, v2=None):
+def start_etcd(flavour, workdir, v2=None, built_alike=False):
+    """One member of its own cluster.  ``built_alike``: with etcd's default
+    name, peer URL and cluster token, so that every member so started has
+    the same cluster id and member id, as strays set up from a package's
+    defaults do."""
     suite, default_v2 = FLAVOURS[flavour]
     binary = fetch_etcd.etcd_binary(suite)
-    return Etcd(binary, default_v2 if v2 is None else v2, workdir).start()
+    member = Etcd(binary, default_v2 if v2 is None else v2, workdir)
+    member.built_alike = built_alike
+    return member.start()
 
 
 # ---------------------------------------------------------------------------
