@@ -86,6 +86,7 @@ def test_default_config_file_is_ctdb_base_etcd(spawn, tmp_path):
     assert str(tmp_path / "etcd") + ":1" in line
 
 
+@pytest.mark.fast
 def test_missing_default_file_means_defaults(tmp_path):
     config = ctdb_etcd_lock.read_config(str(tmp_path / "etcd"), required=False)
     assert (config.host, config.port, config.lock_ttl, config.refresh, config.locks_dir,
@@ -425,6 +426,7 @@ def test_hanging_testparm_is_cut_short_and_killed(spawn, stubs, etcd34, stub):
                 pass
 
 
+@pytest.mark.fast
 def test_hosts_as_admins_write_them():
     members = ctdb_etcd_lock._members
     assert members("[::1]:2379, 127.0.0.1") == [("::1", 2379), ("127.0.0.1", None)]

@@ -212,6 +212,7 @@ def test_value_reads_the_same_in_both_apis(etcd34, spawn, key):
     holder.terminate()
 
 
+@pytest.mark.fast
 def test_never_waits_for_pid_1():
     # ctdb's cluster_mutex_helper.txt: "a helper should never wait for parent process ID 1".
     watch = ctdb_etcd_lock.Watch(1)
@@ -291,6 +292,7 @@ class UnreachableLock:
                              "instead of fencing")
 
 
+@pytest.mark.fast
 @pytest.mark.skipif(not hasattr(time, "CLOCK_BOOTTIME"), reason="no CLOCK_BOOTTIME here")
 def test_first_wakeup_after_a_suspend_fences(monkeypatch):
     watch = SuspendingWatch()

@@ -322,10 +322,12 @@ def shown_settings():
         return dict(SHOWN.match(line.rstrip("\n")).groups() for line in f if SHOWN.match(line))
 
 
+@pytest.mark.fast
 def test_example_shows_every_setting():
     assert set(ctdb_etcd_lock.SETTINGS) - set(shown_settings()) == set()
 
 
+@pytest.mark.fast
 def test_example_is_accepted_as_it_is(tmp_path):
     path = str(tmp_path / "etcd")
     shutil.copy(os.path.join(ROOT, "ctdb-etcd.conf.example"), path)
@@ -337,6 +339,7 @@ def test_example_is_accepted_as_it_is(tmp_path):
 PARTNERS = {"key": "cert", "username": "password", "password": "username"}
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("name", sorted(ctdb_etcd_lock.SETTINGS))
 def test_each_shown_line_sets_its_default(name, tmp_path):
     # Uncommented, each line is accepted, and gives the default where there is one.
@@ -393,6 +396,7 @@ def test_man_page_renders(destdir):
         assert "\n" + heading + "\n" in text, heading
 
 
+@pytest.mark.fast
 def test_man_page_names_every_setting():
     with open(os.path.join(ROOT, "ctdb-etcd.7")) as f:
         lines = f.read().splitlines()

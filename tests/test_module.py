@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from conftest import HELPER, SYSTEM_PYTHON
 
 
@@ -18,6 +20,7 @@ def test_needs_no_python_newer_than_3_6():
     assert done.returncode == 0, done.stdout.decode()
 
 
+@pytest.mark.fast
 def test_imports_only_the_standard_library():
     tree = ast.parse(open(HELPER).read())
     modules = set()
@@ -40,6 +43,7 @@ def test_importing_loads_only_what_every_path_needs():
                          "urllib", "argparse"}, loaded
 
 
+@pytest.mark.fast
 def test_runs_as_installed():
     with open(HELPER) as f:
         assert f.readline() == "#!/usr/bin/python3\n"
@@ -64,6 +68,7 @@ def test_plain_http_never_loads_ssl(etcd34, spawn, tmp_path):
     assert "socket" in modules and "ssl" not in modules, modules
 
 
+@pytest.mark.fast
 def test_one_clock_and_it_counts_a_suspend():
     # Every deadline and the lock's life count on one clock, CLOCK_BOOTTIME
     # where there is one: time.monotonic() stands still while the system is

@@ -19,6 +19,7 @@ import socket
 import tempfile
 import time
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +29,8 @@ settings.register_profile(
     "ctdb_etcd_lock", derandomize=True, database=None, deadline=None, print_blob=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 PROFILE = settings.get_profile("ctdb_etcd_lock")
+
+pytestmark = pytest.mark.fast  # in-process, over a socket pair at most
 
 CONFIG_DIR = tempfile.mkdtemp(prefix="properties-")
 
