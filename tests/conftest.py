@@ -405,3 +405,199 @@ def next_holder(spawn, timeout, **settings):
         other.wait()
         other.close()
     raise AssertionError("nobody took the lock within %.1fs" % timeout)
+
+
+# ---------------------------------------------------------------------------
+# The fast tier's stand-ins (tests marked fast): the helper's own code, in
+# process, on a clock the test turns and a transport that answers from a
+# script.  No etcd, no subprocess, no real time.
+
+class FakeWatch:
+    """Watch as Holder, take() and run() use it: ``clock()`` is a counter
+    that only sleep() and wait() move (or the test, through ``now``);
+    wait() raises _NoTime at its deadline as Watch.wait does, there being
+    nothing else to wait for."""
+
+    def __init__(self, now=1000.0):
+        self.now = now
+        self.sleeps = []  # (from, seconds) of each sleep
+        self.leaving = False
+        self.orphan = False
+        self.ppid = 0  # no process: _comm(0) is None, so not ctdbd
+
+    def clock(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.sleeps.append((self.now, seconds))
+        self.now += max(seconds, 0)
+
+    def wait(self, deadline, readers=(), writers=()):
+        self.now = max(self.now, deadline)
+        import ctdb_etcd_lock
+        raise ctdb_etcd_lock._NoTime()
+
+    def check(self):
+        pass
+
+    def leave(self):
+        self.leaving = True
+
+
+class FakeLog:
+    """Log: the lines, by level, in order (``verbose`` as run() sets it)."""
+
+    def __init__(self):
+        self.verbose = 0
+        self.lines = []
+
+    def error(self, message):
+        self.lines.append(("error", message))
+
+    def info(self, message):
+        self.lines.append(("info", message))
+
+    def debug(self, message):
+        self.lines.append(("debug", message))
+
+    def trace(self, message):
+        self.lines.append(("trace", message))
+
+    def text(self, *levels):
+        return "\n".join(message for level, message in self.lines
+                         if not levels or level in levels)
+
+
+class Call:
+    """One request a lock made of the scripted transport."""
+
+    def __init__(self, method, path, deadline, sent, form, body, headers, behind, api):
+        self.method, self.path, self.deadline, self.sent = method, path, deadline, sent
+        self.form, self.headers, self.behind, self.api = form, headers, behind, api
+        self.body = None if body is None else __import__("json").loads(body.decode())
+
+    def __repr__(self):
+        return "%s %s" % (self.method, self.path)
+
+
+class ScriptedTransport:
+    """Transport as the locks use it, answering from a script of
+    (method, path prefix, answer): each request must be the next one
+    expected, or the test fails (pytest.fail: no except in the helper
+    catches it).  An answer is (status, JSON data[, headers]), an exception
+    to raise, or a function of the Call that returns or raises one (and may
+    move the clock: a slow member).  ``expect()`` adds to the script; the
+    fixture ``scripted`` fails a test that leaves some of it unasked."""
+
+    CLUSTER = "27a4c376471fe96b"
+
+    def __init__(self, watch, members=1):
+        import ctdb_etcd_lock
+        self.watch = watch
+        self.clock = watch.clock
+        self.script = []
+        self.calls = []
+        self.unanswered = 0
+        self.members = [[ctdb_etcd_lock.Endpoint("http", "127.0.0.%d" % (i + 1), 2379),
+                         [("addr", i)]] for i in range(members)]
+        self.endpoint = self.members[0][0].url
+        self.clusters = []  # check_cluster's arguments
+        self.in_flight = []  # what answers_in_flight() gives
+        self.unheard = []  # what ask_unheard() answers in turn (then False)
+        self.v2_served = []  # what serves_v2() answers in turn (then None)
+        self.confirmed_until = None  # confirm_cluster's deadline, once asked
+        self.closed = False
+
+    def expect(self, method, path, answer):
+        self.script.append((method, path, answer))
+        return self
+
+    def request(self, method, path, deadline, form=None, body=None, headers=None,
+                behind=False, secret=False, api=None):
+        import json
+        import ctdb_etcd_lock
+        call = Call(method, path, deadline, self.clock(), form, body, headers, behind, api)
+        self.calls.append(call)
+        if not self.script:
+            pytest.fail("unexpected request %r (the script is done; asked before: %r)"
+                        % (call, self.calls[:-1]))
+        want, prefix, answer = self.script.pop(0)
+        if method != want or not path.startswith(prefix):
+            pytest.fail("request %r where the script expects %s %s" % (call, want, prefix))
+        if callable(answer) and not isinstance(answer, type):
+            answer = answer(call)
+        if isinstance(answer, BaseException) or isinstance(answer, type):
+            raise answer
+        status, data = answer[:2]
+        headers = dict(answer[2]) if len(answer) > 2 else {
+            "x-etcd-cluster-id": self.CLUSTER}
+        body = data if isinstance(data, bytes) else json.dumps(data).encode()
+        return ctdb_etcd_lock.Response(status, headers, body, self.endpoint)
+
+    def check_cluster(self, cluster_id, endpoint, member_id=None):
+        self.clusters.append((cluster_id, endpoint, member_id))
+
+    def answers_in_flight(self, deadline):
+        return list(self.in_flight)
+
+    def ask_unheard(self, deadline):
+        return self.unheard.pop(0) if self.unheard else False
+
+    def serves_v2(self, index, deadline):
+        return self.v2_served.pop(0) if self.v2_served else None
+
+    def confirm_cluster(self, deadline):
+        self.confirmed_until = deadline
+
+    def close(self):
+        self.closed = True
+
+    def asked(self):
+        """The requests so far, as 'METHOD path' without a query."""
+        return ["%s %s" % (call.method, call.path.split("?")[0]) for call in self.calls]
+
+
+@pytest.fixture
+def fake_watch():
+    return FakeWatch()
+
+
+@pytest.fixture
+def fake_log():
+    return FakeLog()
+
+
+@pytest.fixture
+def scripted(fake_watch):
+    """scripted(members=1): a ScriptedTransport on the fake clock; the test
+    fails if any of its script is left unasked."""
+    made = []
+
+    def make(members=1):
+        made.append(ScriptedTransport(fake_watch, members))
+        return made[-1]
+    yield make
+    for transport in made:
+        assert transport.script == [], "expected, never asked: %r" % transport.script
+
+
+@pytest.fixture
+def backstop(monkeypatch):
+    """The SIGALRM backstop, noted instead of armed (in process, it would end
+    the test run): the seconds of each arm()."""
+    import ctdb_etcd_lock
+    armed = []
+    monkeypatch.setattr(ctdb_etcd_lock.Backstop, "arm",
+                        classmethod(lambda cls, seconds, why: armed.append(seconds)))
+    return armed
+
+
+def fast_config(**values):
+    """A Config as read_config builds it, from these values (lock_name 't',
+    lock_ttl 9, refresh 2 unless given); ``lines`` marks settings as given
+    in the file."""
+    import ctdb_etcd_lock
+    lines = values.pop("lines", {})
+    settings = dict({"lock_name": "t", "lock_ttl": 9, "refresh": 2.0}, **values)
+    return ctdb_etcd_lock.Config(settings, source="/etc/ctdb/etcd" if lines else None,
+                                 lines=lines)
