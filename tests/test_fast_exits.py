@@ -9,8 +9,8 @@ import pytest
 
 import ctdb_etcd_lock
 from conftest import fast_config
-from ctdb_etcd_lock import (ApiNotServed, AuthError, ConfigError, EtcdError, EtcdLockError,
-                            Life, LockContended, LockLost, Occupant, ParentGone, Terminated,
+from ctdb_etcd_lock import (ApiNotServed, AuthError, ConfigError, EtcdError, Life,
+                            LockContended, LockLost, Occupant, ParentGone, Terminated,
                             TransportError)
 
 pytestmark = pytest.mark.fast
