@@ -343,21 +343,36 @@ def lock_of(api, answers):
     return helper.make_lock(config, transport, VALUE, log)
 
 
+# The errors the Lock interface names; a plain EtcdLockError only where a
+# lock or the transport says one of these things.
+LOCK_ERRORS = (helper.LockContended, helper.LockLost, helper.ApiNotServed, helper.AuthError,
+               helper.EtcdError, helper.TransportError)
+PLAIN = ("belongs to cluster", "a plain key at")
+
+
+def lock_error(error):
+    assert isinstance(error, LOCK_ERRORS) or type(error) is helper.EtcdLockError and any(
+        words in str(error) for words in PLAIN), repr(error)
+
+
 def take_refresh_release(lock):
     """What the helper does with a lock, each step ending in a result or an
-    error of its own kind; anything else fails the test."""
-    deadline = time.monotonic() + 5
+    error the Lock interface names; anything else fails the test.  A lock
+    taken or refreshed is valid from a send of that step for at most its
+    TTL (5 s): never from before the step, nor for longer."""
+    clock = lock.transport.clock
+    deadline = clock() + 5
     try:
-        valid_until = lock.acquire(deadline)
-        assert isinstance(valid_until, float)
-        valid_until = lock.refresh(deadline)
-        assert isinstance(valid_until, float)
-    except helper.EtcdLockError:
-        pass
+        for step in (lock.acquire, lock.refresh):
+            asked = clock()
+            valid_until = step(deadline)
+            assert isinstance(valid_until, float) and asked < valid_until <= clock() + 5
+    except helper.EtcdLockError as e:
+        lock_error(e)
     try:
         lock.release(deadline)
-    except helper.EtcdLockError:
-        pass
+    except helper.EtcdLockError as e:
+        lock_error(e)
 
 
 @settings(PROFILE, max_examples=400)
