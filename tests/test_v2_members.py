@@ -174,5 +174,6 @@ def test_an_auto_holder_gives_up_when_a_member_comes_back_with_v2(mixed_v2_clust
     back = time.monotonic()
     assert auto.eof(10), auto.stderr()
     assert time.monotonic() - back < 3 * 0.5 + 2, auto.stderr()  # a few refresh rounds
+    assert auto.wait() == 1  # its line comes after stdout closed
     lost = [line for line in auto.stderr_lines() if "lock lost" in line]
     assert len(lost) == 1 and m0.url in lost[0] and "serves v2 now" in lost[0], lost
