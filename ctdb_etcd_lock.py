@@ -2222,8 +2222,11 @@ def _field(record, name, kind, what, default=_REQUIRED):
     elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     raise TransportError("%s has %s %s where etcd gives %s" % (
-        what, name, _cut(repr(value), 60),
-        "a number in a string" if kind == "int64" else "a " + kind.__name__))
+        what, name, _cut(repr(value), 60), _KINDS[kind]))
+
+
+_KINDS = {"int64": "a number in a string", str: "a string", int: "a number",
+          bool: "true or false", list: "a list", dict: "an object"}
 
 
 class V2Node:
@@ -2667,7 +2670,7 @@ class V3Lock(Lock):
             # a streamed answer (keepalive) says {"error": {...}}.
             error = data.get("error") if isinstance(data.get("error"), dict) else data
             code = error.get("code", error.get("grpc_code"))
-            status = error.get("http_code", response.status)
+            status = _int(error.get("http_code")) or response.status
             message = str(error.get("message") or error.get("error"))
             if _int(status) == 401 or "user name is empty" in message \
                     or "auth token" in message or "permission denied" in message:
@@ -2782,8 +2785,11 @@ class V3Lock(Lock):
                                    what)
         else:
             kvs = _txn_range(data, what)
-            if not kvs or kvs[0].value != self.value or kvs[0].lease != self.lease:
-                occupant = self._occupant(kvs[0], deadline) if kvs else Occupant(None)
+            if not kvs:  # the key was created, and is not there?
+                raise TransportError("%s answered a failed put without the key's holder" %
+                                     self.transport.endpoint)
+            if kvs[0].value != self.value or kvs[0].lease != self.lease:
+                occupant = self._occupant(kvs[0], deadline)
                 self._give_back_quietly(deadline)  # our lease goes at once
                 raise LockContended(occupant, self)
             # Our own put, answered on a connection that broke: on this
@@ -3004,7 +3010,8 @@ def take(lock, config, log, watch, handover_wait):
             return lock.acquire(deadline)  # on contention, ours went back
         except LockContended as e:
             now = clock()
-            give_up = give_up or now + handover_wait
+            if give_up is None:
+                give_up = now + handover_wait
             if not _running_out(e.occupant, config, give_up - now):
                 raise
             contended = e
@@ -3549,7 +3556,7 @@ class StatusPipe:
         self.is_pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
 
     def write(self, status):
-        if self.written is None:
+        if self.written is None and self.fd is not None:
             self.written = status
             try:
                 os.write(self.fd, status)

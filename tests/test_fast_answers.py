@@ -34,14 +34,14 @@ def test_int64_is_a_decimal_string(text, number):
 
 
 @pytest.mark.parametrize("kind, value, shown", [
-    (str, 5, "a str"),
-    (int, "5", "a int"),
-    (int, True, "a int"),  # a bool is no number of etcd's
-    (int, 1.5, "a int"),
-    (int, float("inf"), "a int"),
-    (bool, 1, "a bool"),
+    (str, 5, "a string"),
+    (int, "5", "a number"),
+    (int, True, "a number"),  # a bool is no number of etcd's
+    (int, 1.5, "a number"),
+    (int, float("inf"), "a number"),
+    (bool, 1, "true or false"),
     (list, {}, "a list"),
-    (dict, [], "a dict"),
+    (dict, [], "an object"),
     ("int64", 5, "a number in a string"),  # the gateway quotes its int64s
     ("int64", "1.5", "a number in a string"),
     ("int64", "", "a number in a string"),
@@ -60,7 +60,7 @@ def test_field_of_another_kind_is_a_transport_error_naming_it(kind, value, shown
 def test_field_missing_default_and_required():
     assert _field({}, "ttl", int, WHAT, 0) == 0
     assert _field({}, "ttl", int, WHAT, None) is None
-    with pytest.raises(TransportError, match="has ttl None where etcd gives a int"):
+    with pytest.raises(TransportError, match="has ttl None where etcd gives a number"):
         _field({}, "ttl", int, WHAT)
     # A field present but null is no missing field: its default does not apply.
     with pytest.raises(TransportError):

@@ -250,10 +250,19 @@ def test_parent_gone_while_etcd_is_silent(own_etcd, tmp_path, key, spawn_under_p
     config = tmp_path / "parent.conf"
     config.write_text("port = %d\nlock_ttl = 6\nrefresh = 0.5\nlock_name = %s\n"
                       % (etcd.port, key.rsplit("/", 1)[1]))
-    parent, helper_pid = spawn_under_parent(config)
+    parent, helper_pid = spawn_under_parent(config, helper_argv=[HELPER, "-vv"])
+    os.set_blocking(parent.stderr.fileno(), False)  # the helper's stderr is its parent's
+    while parent.stderr.read():
+        pass  # what it said before the pause
     etcd.pause()
     try:
-        time.sleep(0.7)  # a refresh is now waiting on etcd
+        said = b""
+
+        def refreshing():  # a refresh is now waiting on etcd
+            nonlocal said
+            said += parent.stderr.read() or b""
+            return b"/lease/keepalive" in said
+        wait_for(refreshing, 3, "a refresh sent to the paused etcd")
         parent.kill()
         parent.wait()
         killed = time.monotonic()

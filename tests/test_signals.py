@@ -582,8 +582,8 @@ def test_stdout_reader_gone_after_status_releases(etcd, spawn, key):
 def test_stdout_reader_gone_before_status_while_etcd_is_silent(own_etcd, spawn):
     own_etcd.pause()
     try:
-        helper = spawn(own_etcd, api="auto", args=("-v",), lock_ttl=9, refresh=2)
-        time.sleep(0.3)  # let it start and wait on etcd
+        helper = spawn(own_etcd, api="auto", args=("-vv",), lock_ttl=9, refresh=2)
+        wait_for(lambda: "POST " in helper.stderr(), 5, "a request to the paused etcd")
         assert helper.running(), helper.stderr()
         helper.proc.stdout.close()
         helper.wait(1)
