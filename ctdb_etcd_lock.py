@@ -1115,6 +1115,13 @@ class Response:
         return data
 
 
+def _fair_share(deadline, now, untried):
+    """What is left until the deadline, split evenly among the tries not
+    made yet: one that hangs (an address that drops packets, a member
+    paused) must not eat the time of the next."""
+    return (deadline - now) / untried
+
+
 class _Closed(Exception):
     """The server closed (or reset) a kept-alive connection before answering."""
 
@@ -1156,9 +1163,7 @@ class Connection:
         self.want_read = self.want_write = _Never
         error = OSError("no address to connect to")
         for tried, (family, kind, proto, _, address) in enumerate(addresses):
-            # Each address gets a fair share of what is left: one that drops
-            # packets silently must not eat the time of the next.
-            share = (deadline - clock()) / (len(addresses) - tried)
+            share = _fair_share(deadline, clock(), len(addresses) - tried)
             try:
                 self.sock = socket.socket(family, kind, proto)
             except OSError as e:  # e.g. IPv6 switched off: the next address
@@ -1761,7 +1766,7 @@ class Transport:
             if not unheard or self.clock() >= deadline:
                 raise self._unconfirmed()
             for tried, index in enumerate(unheard):
-                share = (deadline - self.clock()) / (len(unheard) - tried)
+                share = _fair_share(deadline, self.clock(), len(unheard) - tried)
                 if first:
                     share = min(share, self.FIRST_LOOK)
                 self.ask_cluster(index, self.clock() + share)
@@ -1850,7 +1855,7 @@ class Transport:
             if status == 200:
                 try:
                     header = json.loads(body.decode())["header"]
-                    cluster_id, member_id = format(_int(header["cluster_id"]), "x"), \
+                    cluster_id, member_id = _hex(header["cluster_id"]), \
                         _int(header["member_id"])
                 except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
                     pass
@@ -1902,7 +1907,7 @@ class Transport:
             left = deadline - self.clock()
             if left <= 0 and failures:
                 break
-            share = left / (len(order) - attempt)
+            share = _fair_share(deadline, deadline - left, len(order) - attempt)
             if attempt == 0:  # the member that answered last: a fair chance
                 share = max(share, min(left / 2, 0.5))
             until = self.clock() + share
@@ -2065,7 +2070,8 @@ class Transport:
                 endpoints = srv_members(self.config, self.watch, deadline)
             members, failures = [], []
             for tried, endpoint in enumerate(endpoints):
-                until = self.clock() + (deadline - self.clock()) / (len(endpoints) - tried)
+                now = self.clock()
+                until = now + _fair_share(deadline, now, len(endpoints) - tried)
                 try:
                     addresses = _addresses(endpoint, self.watch, until)
                 except (OSError, UnicodeError) as e:
