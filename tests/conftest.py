@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 sys.path.insert(0, ROOT)
 from etcdmember import FLAVOURS, read_text, start_etcd, wait_for  # noqa: E402
+from delayproxy import DelayProxy  # noqa: E402
 
 
 HELPER = os.path.join(ROOT, "ctdb_etcd_lock.py")
@@ -380,6 +381,20 @@ def own_testparm(tmp_path, stubs, name, body):
 
 # ---------------------------------------------------------------------------
 # Two holders: when a holder's stdout closed, against when another said '0'
+
+@pytest.fixture
+def delay_proxy():
+    """delay_proxy(port): a DelayProxy before that port, closed at the end."""
+    proxies = []
+
+    def start(port):
+        proxy = DelayProxy(port)
+        proxies.append(proxy)
+        return proxy
+    yield start
+    for proxy in proxies:
+        proxy.close()
+
 
 def eof_clock(helper, timeout):
     """A thread notes when the helper's stdout reaches EOF (after its '0'):

@@ -17,21 +17,7 @@ import time
 import pytest
 
 from conftest import HELPER, Helper, held_apis, helper_env, write_config
-from delayproxy import DelayProxy
 from etcdmember import wait_for
-
-
-@pytest.fixture
-def delay_proxy():
-    proxies = []
-
-    def start(port):
-        proxy = DelayProxy(port)
-        proxies.append(proxy)
-        return proxy
-    yield start
-    for proxy in proxies:
-        proxy.close()
 
 
 def ours_in_etcd(etcd, key, where, value):

@@ -10,30 +10,16 @@ import pytest
 
 from conftest import HELPER, eof_clock, next_holder
 from etcdmember import start_cluster, wait_for
-from delayproxy import DelayProxy
 
 
 @pytest.fixture
-def proxies():
-    made = []
-
-    def start(port):
-        proxy = DelayProxy(port)
-        made.append(proxy)
-        return proxy
-    yield start
-    for proxy in made:
-        proxy.close()
-
-
-@pytest.fixture
-def slow_follower_cluster(tmp_path, proxies):
+def slow_follower_cluster(tmp_path, delay_proxy):
     """Three etcd 3.4 members serving v2; member 1's own raft messages go
     through a proxy that can hold them back (its peers dialled it there)."""
     peer = {}
 
     def start(port):
-        peer["proxy"] = proxies(port)
+        peer["proxy"] = delay_proxy(port)
         return peer["proxy"]
     cluster = start_cluster("etcd34", str(tmp_path / "cluster"), peer_proxies={1: start})
     try:
@@ -51,7 +37,7 @@ def slow_follower_cluster(tmp_path, proxies):
         cluster.stop()
 
 
-def test_a_refresh_applied_late_does_not_shorten_the_lock(slow_follower_cluster, proxies,
+def test_a_refresh_applied_late_does_not_shorten_the_lock(slow_follower_cluster, delay_proxy,
                                                           spawn, key):
     """Issue 14, item 2.  A refresh reaches a follower whose link to the
     leader is slow; the holder sends it again elsewhere, and refreshes once
@@ -63,7 +49,7 @@ def test_a_refresh_applied_late_does_not_shorten_the_lock(slow_follower_cluster,
     member cannot answer either, already sends it to another member.)"""
     cluster, slow, peer_proxy = slow_follower_cluster
     leader = cluster.leader()
-    to_slow, to_leader = proxies(slow.port), proxies(leader.port)
+    to_slow, to_leader = delay_proxy(slow.port), delay_proxy(leader.port)
     settings = dict(lock_ttl=9, refresh=3)
     holder = spawn(host="127.0.0.1:%d, 127.0.0.1:%d" % (to_slow.port, to_leader.port),
                    port=None, api="v2", args=("-vv",), **settings)
@@ -123,8 +109,8 @@ def test_check_reports_members_that_disagree_on_v2(mixed_v2_cluster, tmp_path, l
         assert member.url in line
 
 
-def test_a_v2_error_from_the_member_that_serves_v2_is_no_refusal(tmp_path, proxies, spawn,
-                                                                key):
+def test_a_v2_error_from_the_member_that_serves_v2_is_no_refusal(tmp_path, delay_proxy,
+                                                                spawn, key):
     """The one member that serves v2 answers the v2 POST with an error of
     v2's own (500, raft timeout: its link to the leader is slow), the others
     say v2 is not served: v2 is served, so an auto helper must not take the
@@ -132,7 +118,7 @@ def test_a_v2_error_from_the_member_that_serves_v2_is_no_refusal(tmp_path, proxi
     made = {}
 
     def start(port):
-        made["peer"] = proxies(port)
+        made["peer"] = delay_proxy(port)
         return made["peer"]
     cluster = start_cluster("etcd34", str(tmp_path / "cluster"), v2=[True, False, False],
                             peer_proxies={0: start})
