@@ -20,15 +20,15 @@ lands in the CTDB log); success and contention are silent unless -v is given.
 Design
 ------
 The lock is one etcd key, /_locks/<locks_dir>/<lock_name>, whose value names
-this holder (host, pnn, pid) and is unique to this acquisition.
+this holder (host, pnn, pid) and is unique to each try at the lock.
 
 * v3 JSON gateway: a lease of lock_ttl seconds, the key put by a transaction
   that succeeds only if the key has never been created, the lease kept alive.
 * v2 keys API: the original helper's layout (python-etcd's lock recipe).  The
   key is a directory; each attempt queues an in-order entry with a TTL, and
   the entry first by name holds the lock.  Ours is refreshed by
-  compare-and-swap on our value and released by compare-and-delete; a
-  contender removes its entry before it says so.  Speaking the original's
+  compare-and-swap on our value and the entry's index, and released by
+  compare-and-delete; a contender removes its entry before it says so.  Speaking the original's
   recipe, rather than a plain key, is what lets both run side by side: an
   original helper checking at the end of a recovery sees '1' (contention),
   where a plain key would make it fail with '3' and fail the recovery.
@@ -38,16 +38,18 @@ this holder (host, pnn, pid) and is unique to this acquisition.
 
 Self-fencing.  The helper never keeps running past the moment its lock could
 have expired on the server.  The lock is valid until the *send* time of the
-last refresh that succeeded plus lock_ttl (the server started its TTL later
-than that); the helper gives the lock up a tenth of lock_ttl before then.
+request that set its TTL plus lock_ttl (the server started its TTL later
+than that), counting only a request that no earlier one of ours can
+overtake (see Lock); the helper gives the lock up a tenth of lock_ttl before
+then.
 Every request's timeout is cut to what is left, and a SIGALRM backstop ends
 the process if anything still blocks.  Only local monotonic time is trusted
 (CLOCK_BOOTTIME, which counts a suspend, where there is one), so clocks may
 differ between hosts, but their rates must not differ by more than that
-margin.  (A v2 TTL is kept on the etcd members' wall clocks: v2
-also needs those in step, without jumps.)  There is no fencing token: a holder that is paused (say,
-SIGSTOP) longer than lock_ttl can wake up believing it holds the lock for a
-moment, as with any lease.
+margin.  (A v2 TTL is kept on the etcd members' wall clocks: v2 also needs
+those in step, without jumps.)  There is no fencing token: a holder that is
+paused (say, SIGSTOP) longer than lock_ttl can wake up believing it holds
+the lock for a moment, as with any lease.
 
 Nothing may hold the helper up past that moment.  Signal handlers only take
 note; the one poll() every wait goes through acts on them, and also watches
@@ -60,9 +62,9 @@ fails over to the next on a connection error, a timeout or a 5xx answer,
 each try with a fair share of the same deadline; every request is safe to
 send twice.  TLS and authentication live inside the same transport.  No
 '0' before the lock's cluster is confirmed: every answer carries
-expected_cluster_id, or else more than half of the listed members answered
-with the lock's cluster id; members not heard from are asked again while
-holding, and one of another cluster ends the hold.
+expected_cluster_id, or else more than half of the listed members (by
+member id) answered with the lock's cluster id; members not heard from are
+asked again while holding, and one of another cluster ends the hold.
 
 Handover.  A contender that finds the holder's lock running out (it missed
 its refreshes: dead, paused or cut off) waits up to handover_wait for it to
