@@ -151,12 +151,14 @@ class AuthError(EtcdLockError):
 
 class LockContended(EtcdLockError):
     """Someone else holds the lock: ``occupant`` (an Occupant) says who,
-    and for how long; ``lock`` is the lock that found it."""
+    and for how long; ``lock`` is the lock that found it; ``until``: the
+    end of the time it had to give back what it took."""
 
-    def __init__(self, occupant, lock=None):
+    def __init__(self, occupant, lock=None, until=None):
         super().__init__(occupant.value)
         self.occupant = occupant
         self.lock = lock
+        self.until = until
 
 
 class LockLost(EtcdLockError):
@@ -2201,6 +2203,25 @@ class Lock:
         one's, or be timed from this one's sends."""
         raise NotImplementedError
 
+    def forget(self):
+        """Give up giving back what is ours: it expires by its TTL."""
+        raise NotImplementedError
+
+    GIVE_BACK = 1.0  # seconds: what a contender took goes back, then ctdbd hears '1'
+
+    def _contended(self, occupant, deadline):
+        """LockContended, once what this try took is given back: within
+        GIVE_BACK seconds, or forgotten (to expire by its TTL), so that
+        nothing after spends time on it again."""
+        until = min(deadline, self.transport.clock() + self.GIVE_BACK)
+        try:
+            self.release(until)
+        except EtcdLockError as e:
+            self.log.info("could not give back what this try took: %s; it expires by its "
+                          "TTL" % e)
+            self.forget()
+        return LockContended(occupant, self, until)
+
     def look_around(self, deadline):
         """Between refreshes, with time before the deadline: ask what could
         end the hold although the lock refreshes (a listed member not heard
@@ -2225,7 +2246,9 @@ def _field(record, name, kind, what, default=_REQUIRED):
         return default
     value = record.get(name)
     if kind == "int64":
-        if isinstance(value, str) and value.lstrip("-").isdigit() and len(value) <= 20:
+        digits = value[1:] if isinstance(value, str) and value[:1] == "-" else value
+        if isinstance(digits, str) and 0 < len(digits) <= 20 \
+                and not digits.strip("0123456789"):  # ASCII digits only: int() takes more
             return int(value)
     elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
@@ -2243,7 +2266,7 @@ class V2Node:
     __slots__ = ("key", "value", "dir", "ttl", "expiration", "created", "modified", "nodes",
                  "what")
 
-    def __init__(self, raw, what):
+    def __init__(self, raw, what, child=False):
         self.key = _field(raw, "key", str, what)
         self.dir = _field(raw, "dir", bool, what, False)
         self.value = _field(raw, "value", str, what, None)
@@ -2251,7 +2274,9 @@ class V2Node:
         self.expiration = _field(raw, "expiration", str, what, None)
         self.created = _field(raw, "createdIndex", int, what, None)
         self.modified = _field(raw, "modifiedIndex", int, what, None)
-        self.nodes = [V2Node(node, what) for node in _field(raw, "nodes", list, what, [])]
+        # One level: we never ask for more (a directory's own entries).
+        self.nodes = [] if child else [V2Node(node, what, True)
+                                       for node in _field(raw, "nodes", list, what, [])]
         self.what = what
 
     def index(self):
@@ -2488,8 +2513,7 @@ class V2Lock(Lock):
             occupant = first.occupant() if first else Occupant("(nobody: our entry expired)")
             # Ours goes back before anyone says '1' (the original left its
             # entry behind, blocking everyone for a TTL).
-            self._give_back_quietly(deadline)
-            raise LockContended(occupant, self)
+            raise self._contended(occupant, deadline)
         for entry in ours[1:]:  # sent twice: the others stand behind, in everyone's way
             self._delete(entry.key, deadline)
         self.index, self.index_sent = first.index(), None
@@ -2497,13 +2521,8 @@ class V2Lock(Lock):
         # with its value.
         return sent + self.ttl
 
-    def _give_back_quietly(self, deadline):
-        """On contention: what we queued goes back within a second (ctdbd
-        wants the '1' soon), or expires by its TTL."""
-        try:
-            self.release(min(deadline, self.transport.clock() + 1))
-        except EtcdLockError as e:
-            self.log.info("could not give back our v2 entry: %s; it expires by its TTL" % e)
+    def forget(self):
+        self.entry, self.posted, self.resent = None, False, False
 
     def _without_former(self, entries, deadline):
         """The queue less the entries of our earlier tries, removed: a POST
@@ -2798,8 +2817,7 @@ class V3Lock(Lock):
                                      self.transport.endpoint)
             if kvs[0].value != self.value or kvs[0].lease != self.lease:
                 occupant = self._occupant(kvs[0], deadline)
-                self._give_back_quietly(deadline)  # our lease goes at once
-                raise LockContended(occupant, self)
+                raise self._contended(occupant, deadline)  # our lease goes at once
             # Our own put, answered on a connection that broke: on this
             # try's lease, so timed from its grant all the same.
             self.revision = kvs[0].created
@@ -2820,11 +2838,8 @@ class V3Lock(Lock):
         raise ApiNotServed("%s does not serve the v3 API (no /v3 gateway: etcd older "
                            "than 3.3?); set api = v2" % self.transport.endpoint)
 
-    def _give_back_quietly(self, deadline):
-        try:
-            self.release(min(deadline, self.transport.clock() + 1))
-        except EtcdLockError as e:
-            self.log.info("could not revoke our lease: %s; it expires by its TTL" % e)
+    def forget(self):
+        self.lease = self.revision = None
 
     def refresh(self, deadline):
         try:
@@ -2922,6 +2937,10 @@ class LockSet(Lock):
         for lock in self.candidates:
             lock.next_round(value)
 
+    def forget(self):
+        for lock in self.candidates:
+            lock.forget()
+
     def acquire(self, deadline):
         valid_until = []
         for lock in self.candidates:
@@ -2932,12 +2951,15 @@ class LockSet(Lock):
                     raise
                 self.log.info("skipping the %s lock: %s" % (lock.api, e))
                 continue
-            except LockContended:
-                try:  # what the others took goes back first, as each lock's own
-                    self.release(min(deadline, self.transport.clock() + 1))
-                except EtcdLockError as e:
+            except LockContended as e:
+                # What the others took goes back too, in what is left of the
+                # contended lock's time for it.
+                try:
+                    self.release(e.until)
+                except EtcdLockError as error:
                     self.log.info("could not give back what was taken: %s; it expires "
-                                  "by its TTL" % e)
+                                  "by its TTL" % error)
+                    self.forget()
                 raise
             self.held.append(lock)
         if not self.held:

@@ -47,6 +47,9 @@ def test_int64_is_a_decimal_string(text, number):
     ("int64", "", "a number in a string"),
     ("int64", "1" * 21, "a number in a string"),
     ("int64", "Infinity", "a number in a string"),
+    ("int64", "--5", "a number in a string"),  # digits for str, not for int()
+    ("int64", "\u00b2", "a number in a string"),
+    ("int64", "1\u00b2", "a number in a string"),
     ("int64", None, "a number in a string"),
 ])
 def test_field_of_another_kind_is_a_transport_error_naming_it(kind, value, shown):
@@ -92,6 +95,19 @@ def test_v2_node_of_a_directory_with_entries():
     occupant = entry.occupant()
     assert (occupant.value, occupant.left, occupant.since, occupant.ident, occupant.expires) \
         == ("holder", 5, 4, ENTRY["key"], ENTRY["expiration"])
+
+
+def test_v2_node_reads_one_level_of_entries():
+    """We never ask for a directory recursively: nested nodes deeper than
+    its entries (a hostile answer, deep enough to exhaust the recursion
+    limit) are not read."""
+    deep = {"key": "/deep", "dir": True, "createdIndex": 1, "modifiedIndex": 1}
+    for _ in range(2000):
+        deep = {"key": "/d", "dir": True, "nodes": [deep], "createdIndex": 1,
+                "modifiedIndex": 1}
+    node = V2Node({"key": "/_locks/_ctdb/t", "dir": True, "nodes": [deep], "createdIndex": 1,
+                   "modifiedIndex": 1}, WHAT)
+    assert [entry.key for entry in node.nodes] == ["/d"] and node.nodes[0].nodes == []
 
 
 def test_v2_entry_without_expiration_has_no_time_left():

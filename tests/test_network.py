@@ -192,3 +192,21 @@ def test_sigterm_while_the_v2_post_is_in_flight_leaves_nothing(etcd34, spawn, de
     assert re.search(r"our v2 entry %s/\d+ is gone already|gave back our v2 entry %s/"
                      % (key, key), helper.stderr()), helper.stderr()
     assert not etcd34.v2_entries(key)
+
+
+@pytest.mark.parametrize("api", ["v2", "auto"])
+def test_a_give_back_held_back_costs_the_1_one_second(etcd34, spawn, delay_proxy, key, api):
+    """A contender's give-back (the v2 DELETE) that the network holds back
+    has one second, all the locks of api = auto together: ctdbd's
+    end-of-recovery check wants its '1' within 5 s."""
+    holder = spawn(etcd34, api="v2")
+    assert holder.status() == "0"
+    proxy = delay_proxy(etcd34.port)
+    proxy.delay, proxy.only = 20, b"DELETE"
+    began = time.monotonic()
+    other = spawn(port=proxy.port, api=api, handover_wait=0)
+    assert other.status(timeout=10) == "1", other.stderr()
+    took = time.monotonic() - began
+    assert took < 1.8, "'1' came %.2fs after the start" % took
+    assert other.wait() == 1
+    assert holder.terminate() == 0
