@@ -224,7 +224,8 @@ def test_namespace_resolves_by_our_dns(dns, namespace):
     # getaddrinfo (both families) and a raw SRV query, from inside the namespace.
     dns.srv(CLIENT, (0, 10, 2379, M1))
     dns.aaaa(M2, "::1")
-    answer = namespace.run([sys.executable, "-c", PROBE, os.path.dirname(__file__), M1,
+    answer = namespace.run([sys.executable, "-c", PROBE,
+                            os.path.join(os.path.dirname(__file__), "lib"), M1,
                             CLIENT])
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.decode().splitlines() == ["['127.0.0.1']",
