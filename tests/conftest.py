@@ -43,6 +43,14 @@ def etcd(request, etcd_members):
     return etcd_members(request.param)
 
 
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    """A CA, and server and client certificates of every kind the TLS tests
+    need (certs.py), made once."""
+    from certs import session_certs
+    return session_certs(tmp_path_factory)
+
+
 @pytest.fixture
 def etcd34(etcd_members):
     """etcd 3.4 with v2 on: where the original helper works."""

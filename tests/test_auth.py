@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from certs import (enable_v2_auth, enable_v3_auth, error_reason, mentions, session_certs,
+from certs import (enable_v2_auth, enable_v3_auth, error_reason, mentions,
                    start_secure_etcd)
 from conftest import held_apis, write_config
 from etcdmember import wait_for
@@ -32,11 +32,6 @@ MEMBERS = {
     "ttl34": ("etcd34", ("v3", "v2"), False, ("--auth-token-ttl", "1")),
     "authtls35": ("etcd35", ("v3",), True, ()),
 }
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory):
-    return session_certs(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

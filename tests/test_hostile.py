@@ -22,7 +22,6 @@ import time
 import pytest
 
 import ctdb_etcd_lock
-from certs import session_certs
 from conftest import write_config
 from etcdmember import wait_for
 from fakeetcd import FakeEtcd, Proxy, body_of, path_of, read_message, reset
@@ -173,11 +172,6 @@ def servers():
     yield start
     for server in started:
         server.close()
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory):
-    return session_certs(tmp_path_factory)
 
 
 # Which real member, and which of its requests, a held fault hits.

@@ -12,7 +12,7 @@ import urllib.error
 
 import pytest
 
-from certs import client_context, error_reason, mentions, session_certs, start_secure_etcd
+from certs import client_context, error_reason, mentions, start_secure_etcd
 from conftest import held_apis
 from etcdmember import wait_for
 
@@ -26,11 +26,6 @@ MEMBERS = {
     "mismatch35": ("etcd35", "mismatch", False),
     "expired35": ("etcd35", "expired", False),
 }
-
-
-@pytest.fixture(scope="session")
-def certs(tmp_path_factory):
-    return session_certs(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
