@@ -79,6 +79,13 @@ def case_etcd(case, etcd_members):
     return etcd_members(case[0])
 
 
+def the_case_member(case_etcd):
+    """For a module whose tests run once per case rather than once per
+    flavour: ``etcd = pytest.fixture(name="etcd")(the_case_member)`` makes
+    its ``etcd`` the case's member."""
+    return case_etcd
+
+
 @pytest.fixture(params=sorted(FLAVOURS))
 def own_etcd(request, tmp_path):
     """A member of each flavour for this test alone (to pause or stop it)."""

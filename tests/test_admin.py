@@ -9,13 +9,11 @@ import sys
 
 import pytest
 
-from conftest import HELPER, ROOT, helper_env, write_config
+from conftest import HELPER, ROOT, helper_env, the_case_member, write_config
 from etcdmember import free_port
 
 
-@pytest.fixture
-def etcd(case_etcd):
-    return case_etcd
+etcd = pytest.fixture(name="etcd")(the_case_member)
 
 
 @pytest.fixture

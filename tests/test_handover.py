@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import HELPER, alive, eof_clock, next_holder
+from conftest import HELPER, alive, eof_clock, next_holder, the_case_member
 from etcdmember import wait_for
 from delayproxy import DelayProxy
 
@@ -25,9 +25,7 @@ each_kind = pytest.mark.parametrize("case", EACH_KIND, indirect=True,
                                     ids=["-".join(case) for case in EACH_KIND])
 
 
-@pytest.fixture
-def etcd(case_etcd):
-    return case_etcd
+etcd = pytest.fixture(name="etcd")(the_case_member)
 
 
 def where(api):

@@ -8,12 +8,11 @@ import time
 import pytest
 
 import ctdb_etcd_lock
-from conftest import HELPER, SYSTEM_PYTHON, alive, delete_held, held_apis, replace_held
+from conftest import (HELPER, SYSTEM_PYTHON, alive, delete_held, held_apis, replace_held,
+                      the_case_member)
 from etcdmember import free_port, wait_for
 
-@pytest.fixture
-def etcd(case_etcd):
-    return case_etcd
+etcd = pytest.fixture(name="etcd")(the_case_member)
 
 
 def test_take_and_contend(etcd, api, spawn, key):
