@@ -1813,19 +1813,25 @@ class Transport:
         endpoint, addresses = self.members[index]
         if addresses is None:
             return None
-        conn = None
         try:
-            conn = Connection(endpoint, addresses, deadline, self.clock, self.watch,
-                              self._tls_context() if endpoint.scheme == "https" else None)
-            status, _, body, _ = conn.exchange(Connection.encode(
-                "GET", endpoint.netloc, self.config.version_prefix + "/keys/", {}, None),
-                deadline)
+            status, _, body = self._ask_alone(index, "GET", self.config.version_prefix
+                                              + "/keys/", {}, None, deadline)
         except (_NoTime, _Closed, ValueError, OSError):
             return None
-        finally:
-            if conn is not None:
-                conn.close()
         return not _serves_no_v2(Response(status, {}, body, endpoint.url))
+
+    def _ask_alone(self, index, method, path, headers, body, deadline):
+        """(status, headers, body) of one request to one member on a
+        connection of its own, closed after: the lock's stays as it is."""
+        endpoint, addresses = self.members[index]
+        conn = Connection(endpoint, addresses, deadline, self.clock, self.watch,
+                          self._tls_context() if endpoint.scheme == "https" else None)
+        try:
+            status, answer_headers, data, _ = conn.exchange(Connection.encode(
+                method, endpoint.netloc, path, headers, body), deadline)
+        finally:
+            conn.close()
+        return status, answer_headers, data
 
     def ask_cluster(self, index, deadline):
         """Ask one member which cluster it belongs to (v3 maintenance/status,
@@ -1839,22 +1845,16 @@ class Transport:
             return False
         why = "no answer"
         for prefix in ("/v3", "/v3beta"):  # etcd 3.4 and later, etcd 3.3
-            conn = None
             try:
-                conn = Connection(endpoint, addresses, deadline, self.clock, self.watch,
-                                  self._tls_context() if endpoint.scheme == "https" else None)
-                status, headers, body, _ = conn.exchange(Connection.encode(
-                    "POST", endpoint.netloc, prefix + "/maintenance/status",
-                    {"Content-Type": "application/json"}, b"{}"), deadline)
+                status, headers, body = self._ask_alone(
+                    index, "POST", prefix + "/maintenance/status",
+                    {"Content-Type": "application/json"}, b"{}", deadline)
             except _NoTime:
                 why = "no answer in time"
                 break
             except (_Closed, ValueError, OSError) as e:
                 why = getattr(e, "strerror", None) or str(e) or "connection closed"
                 break
-            finally:
-                if conn is not None:
-                    conn.close()
             cluster_id, member_id = headers.get("x-etcd-cluster-id"), None
             if status == 200:
                 try:
