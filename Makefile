@@ -5,8 +5,8 @@
 #   make dist    dist/ctdb-etcd-lock-VERSION.tar.gz, the release tarball
 #   make deb     dist/ctdb-etcd-lock_VERSION-N_all.deb (packaging/debian)
 #   make rpm     dist/ctdb-etcd-lock-VERSION-N.noarch.rpm (packaging/rpm)
-#   (VERSION is the helper's __version__; packaging/build does the work,
-#   and installs the Debian packages it needs that are missing)
+#   (DISTDIR=... for another directory; VERSION is the helper's __version__;
+#   packaging/build does the work, installing the Debian packages it lacks)
 #
 # What goes where (with the defaults):
 #   /usr/libexec/ctdb/ctdb_etcd_lock        what ctdb.conf names: a small wrapper
@@ -78,5 +78,7 @@ uninstall:
 	    $(DESTDIR)$(DOCDIR)/ctdb-etcd.conf.example
 	rmdir $(DESTDIR)$(HELPERDIR)/__pycache__ $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 
+DISTDIR ?= dist
+
 dist deb rpm:
-	packaging/build $@
+	DISTDIR='$(DISTDIR)' packaging/build $@
