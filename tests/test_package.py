@@ -308,6 +308,9 @@ def test_deb_takes_ctdbs_path_over_and_gives_it_back(deb, debian13, etcd34, tmp_
     out = root.install_ours(deb)
     assert "diversion of %s" % HELPER_PATH in out
     ours_in_place(root, before)
+    # Installed again (preinst upgrade), the diversions stand as they were.
+    root.install_ours(deb)
+    ours_in_place(root, before)
     # py3compile compiled the module at installation.
     assert [name for name in os.listdir(root.path("/usr/libexec/ctdb/__pycache__"))
             if name.startswith("ctdb_etcd_lock.cpython-")]
