@@ -2,6 +2,11 @@
 #
 #   make install [DESTDIR=...] [PREFIX=/usr] [LIBEXECDIR=...] [MANDIR=...] [DOCDIR=...]
 #   make uninstall (with the same variables)
+#   make dist    dist/ctdb-etcd-lock-VERSION.tar.gz, the release tarball
+#   make deb     dist/ctdb-etcd-lock_VERSION-N_all.deb (packaging/debian)
+#   make rpm     dist/ctdb-etcd-lock-VERSION-N.noarch.rpm (packaging/rpm)
+#   (DISTDIR=... for another directory; VERSION is the helper's __version__;
+#   packaging/build does the work, installing the Debian packages it lacks)
 #
 # What goes where (with the defaults):
 #   /usr/libexec/ctdb/ctdb_etcd_lock        what ctdb.conf names: a small wrapper
@@ -31,7 +36,7 @@ COMPILE ?= yes
 HELPERDIR = $(LIBEXECDIR)/ctdb
 INSTALL ?= install
 
-.PHONY: all install uninstall
+.PHONY: all install uninstall dist deb rpm
 
 # Both files ctdbd may run go in whole or not at all (a new name, then mv):
 # on a live node, ctdbd starts the helper at any moment.  install -p keeps
@@ -72,3 +77,8 @@ uninstall:
 	    $(DESTDIR)$(MANDIR)/man7/ctdb-etcd.7 \
 	    $(DESTDIR)$(DOCDIR)/ctdb-etcd.conf.example
 	rmdir $(DESTDIR)$(HELPERDIR)/__pycache__ $(DESTDIR)$(DOCDIR) 2>/dev/null || true
+
+DISTDIR ?= dist
+
+dist deb rpm:
+	DISTDIR='$(DISTDIR)' packaging/build $@
