@@ -82,15 +82,11 @@ def test_exit_1_and_the_seed_on_a_violation():
         not out.splitlines()[-1].endswith(" 0 violations")
 
 
-@pytest.mark.soak
-@pytest.mark.xfail(reason="not found yet: in 900 v2 seeds the simulation did not hit the "
-                   "interleaving (a first POST forwarded late past a handover, then the "
-                   "adopter cut off before its first refresh); see issue 16's note",
-                   strict=False)
 def test_bites_issue_14_item_1_reverted(monkeypatch):
     """A try that keeps its value (no fresh id per round, no former values):
-    a POST of an earlier try, applied late, is adopted and timed from a
-    later send."""
+    an entry of an earlier try (its give-back failed, or its POST came late)
+    is adopted and timed from a later send.  In seeds 0-299 of the default
+    rotation: seeds 51, 207 and 234 (api v2)."""
     def keep_value(self, value):
         self.entry, self.posted, self.resent, self.index, self.index_sent = (
             None, False, False, None, None)

@@ -87,6 +87,19 @@ Simplifications (what the model does not do):
 * a paused member takes connections (the kernel does) but reads nothing.
 * a connection's loss is a reset, never a half-delivered request.
 
+Targeted faults, at the moments the lock changes hands (FoundationDB's
+BUGGIFY has code place them; here the model does, from what it sees):
+* a request held on its way for 1.5-5 s (lost segments, retransmitted):
+  often applied after its helper gave up on it and asked another member;
+* a contender cut off from every member just as a GET shows it queued
+  behind another holder, so that what its try took may not go back;
+* a new holder cut off soon after its '0', before its first refresh;
+* node faults (SIGSTOP, SIGKILL, SIGTERM, parent death) at the holder's
+  node rather than a random one, so that handovers are common.
+Swarm testing: each seed draws how often each of these happens (its
+profile, the trace's first line), so that combinations that are rare under
+any one weighting are common in some seeds.
+
 The nodes: each is a ctdbd that runs the helper again and again: after a
 '1', a '3', an exit or a lost lock (its stdout closed), it sends SIGTERM and
 runs the helper again after a retry interval (1-3 s); a holder is told to
@@ -104,7 +117,8 @@ The checker:
   holds) for longer than lock_ttl + handover_wait + the retry interval + 2 s.
 * hygiene: a v2 entry or v3 key/lease deleted by a helper other than the one
   that created it; something of a helper left in etcd after it released the
-  lock in a fault-free end (the documented late POST excepted).
+  lock in a fault-free end (the documented late POST excepted: an entry whose
+  POST was applied after its helper ended, and a lease with no key on it).
 """
 
 import base64
@@ -251,6 +265,13 @@ class SimConnection:
             return
         when = cluster.links.heals(helper.node.name, member.name, sim.now)
         when += cluster.links.delay(helper.node.name, member.name, when)
+        if sim.rng.random() < cluster.late and sim.now < cluster.quiet_from:
+            # Held on its way (lost segments, retransmitted with backoff):
+            # often after the helper gave up on it and asked another member.
+            held = sim.rng.uniform(1.5, 5.0)
+            when += held
+            cluster.faults += 1
+            sim.note(helper.who, "   held on its way to %s for %.3f s" % (member.name, held))
         self.sent_at = when = max(when, self.sent_at)
         sim.at(when, member.arrive, self, request)
 
@@ -385,10 +406,15 @@ class Proposal:
 
 
 class Cluster:
-    def __init__(self, sim, loss):
+    def __init__(self, sim, loss, late=0.02):
         self.sim = sim
         self.links = Links(sim)
         self.loss = loss
+        self.late = late
+        self.isolate = 0.2
+        self.at_holder = 0.0  # how often a node fault strikes the holder's node
+        self.cut_contender = 0.0  # how often a contender is cut off as it learns it is one
+        self.quiet_from = INF  # no more faults from here on (the run's quiet tail)
         self.faults = 0
         self.members = [Member(self, i) for i in range(MEMBERS)]
         self.by_host = {m.name: m.index for m in self.members}
@@ -593,7 +619,9 @@ class Cluster:
             entry = {"key": "%s/%020d" % (key, self.v2_index), "value": form.get("value", ""),
                      "expires": receipt + int(form.get("ttl", 0) or 0) if form.get("ttl")
                      else INF, "created": self.v2_index, "modified": self.v2_index,
-                     "by": request.helper.who}
+                     "by": request.helper.who,
+                     # Applied after its helper ended: the documented late POST.
+                     "late": request.helper.done}
             self.v2[entry["key"]] = entry
             return 201, {"action": "create", "node": self.v2_node(entry)}
         if method == "GET":
@@ -605,6 +633,10 @@ class Cluster:
                 node = {"key": key, "dir": True, "modifiedIndex": 5, "createdIndex": 5}
                 if nodes:
                     node["nodes"] = nodes
+                    queued = [self.v2[k]["by"] for k in sorted(self.v2)
+                              if k.rsplit("/", 1)[0] == key]
+                    if request.helper.who in queued[1:] and queued[0] != request.helper.who:
+                        request.helper.node.maybe_cut_contender()
                 return 200, {"action": "get", "node": node}
             return self.v2_error(100, key)
         entry = self.v2.get(key)
@@ -1079,7 +1111,7 @@ class Node:
         only until its first refresh, so a mistake there shows only if no
         refresh gets through)."""
         sim, cluster = self.sim, self.cluster
-        if sim.rng.random() >= 0.2 or sim.now >= self.checker.duration - 1:
+        if sim.rng.random() >= self.cluster.isolate or sim.now >= self.checker.duration - 1:
             return
         start = sim.now + sim.rng.uniform(0, 2)
         end = min(start + sim.rng.uniform(3, 12), self.checker.duration)
@@ -1088,6 +1120,23 @@ class Node:
                 (start, end))
         cluster.faults += 1
         sim.at(start, sim.note, "fault", "%s cut off from every member (until %.3f)" % (
+            self.name, end))
+
+    def maybe_cut_contender(self):
+        """Now and then, cut a contender off from every member just as it
+        learns that the lock is held (a targeted fault: what it took must
+        go back, and a give-back that fails leaves an entry of this try
+        behind for the next one)."""
+        sim, cluster = self.sim, self.cluster
+        if sim.rng.random() >= cluster.cut_contender or sim.now >= cluster.quiet_from:
+            return
+        start = sim.now + 0.005
+        end = start + sim.rng.uniform(0.5, 2.5)
+        for member in cluster.members:
+            cluster.links.cut.setdefault(Links._key(self.name, member.name), []).append(
+                (start, end))
+        cluster.faults += 1
+        sim.at(start, sim.note, "fault", "contender %s cut off from every member (until %.3f)" % (
             self.name, end))
 
     def status_seen(self, helper):
@@ -1229,17 +1278,31 @@ def schedule_faults(sim, cluster, nodes, duration):
             sim.at(end, _set_attr, cluster.members[member], "up", True)
             what = "%s killed, restarted" % names[member]
         elif kind == "pause-node":
-            sim.at(start, _node_do, node, "pause")
-            sim.at(end, _node_do, node, "resume")
-            what = "%s's helper stopped (SIGSTOP), continued" % node.name
+            sim.at(start, _at_node, sim, cluster, nodes, node, "pause", end)
+            continue
         else:
             action = {"sigterm": "sigterm", "parent": "lose_parent", "kill-node": "kill9"}[kind]
-            sim.at(start, _node_do, node, action)
-            end = start
-            what = "%s's helper: %s" % (node.name, {"sigterm": "SIGTERM", "parent":
-                                                     "parent dies", "kill-node": "SIGKILL"}[kind])
+            sim.at(start, _at_node, sim, cluster, nodes, node, action, start)
+            continue
         sim.at(start, sim.note, "fault", "%s (until %.3f)" % (what, end))
     return count
+
+
+NODE_FAULTS = {"pause": "'s helper stopped (SIGSTOP), continued", "sigterm": "'s helper: SIGTERM",
+               "lose_parent": "'s helper: parent dies", "kill9": "'s helper: SIGKILL"}
+
+
+def _at_node(sim, cluster, nodes, node, action, end):
+    """A node fault, at the holder's node now and then (cluster.at_holder):
+    the handover after a holder died is where the lock changes hands."""
+    if sim.rng.random() < cluster.at_holder:
+        holders = [n for n in nodes if n.helper is not None and n.helper.held_from is not None
+                   and n.helper.held_until is None]
+        node = holders[0] if holders else node
+    sim.note("fault", "%s%s (until %.3f)" % (node.name, NODE_FAULTS[action], end))
+    _node_do(node, action)
+    if action == "pause":
+        sim.at(end, _node_do, node, "resume")
 
 
 def _set_attr(obj, name, value):
@@ -1275,10 +1338,22 @@ def _node_do(node, action):
 
 
 def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=0.005,
-             **settings):
-    """One run: a Result."""
+             profile=None, **settings):
+    """One run: a Result.  ``profile`` (late, isolate, at_holder,
+    cut_contender) replaces the seed's own weighting of the targeted faults."""
     sim = Sim(seed)
     cluster = Cluster(sim, loss)
+    cluster.quiet_from = duration
+    # Swarm testing: each seed weighs the targeted faults its own way, so
+    # that combinations rare under any one weighting are common in some seeds.
+    rng = sim.rng
+    drawn = (rng.choice((0.0, 0.03, 0.1)), rng.choice((0.2, 0.6, 0.9)),
+             rng.choice((0.0, 0.5, 0.9)), rng.choice((0.0, 0.3, 0.7)))
+    cluster.late, cluster.isolate, cluster.at_holder, cluster.cut_contender = (
+        profile or drawn)
+    sim.note("profile", "requests held late %g, holders cut off after '0' %g, node faults "
+             "at the holder %g, contenders cut off %g" % (
+                 cluster.late, cluster.isolate, cluster.at_holder, cluster.cut_contender))
     checker = Checker(duration)
     configs = [sim_config(api, **settings) for _ in range(nodes)]
     sim_nodes = [Node(sim, cluster, i, configs[i], drift, checker) for i in range(nodes)]
@@ -1351,7 +1426,10 @@ def check(sim, cluster, nodes, config, duration):
                 what, creator, deleter, when))
     for key, entry in sorted(cluster.v2.items()):
         if entry["expires"] > sim.now:
-            violations.append("hygiene: v2 entry %s of %s left behind" % (key, entry["by"]))
+            (paused if entry["late"] else violations).append(
+                "hygiene: v2 entry %s of %s left behind%s" % (
+                    key, entry["by"], " (its POST applied after the helper ended)"
+                    if entry["late"] else ""))
     for key, kv in sorted(cluster.kv.items()):
         violations.append("hygiene: v3 key %s of %s left behind" % (key, kv["by"]))
     for lease_id, lease in sorted(cluster.leases.items()):
