@@ -367,6 +367,8 @@ class Member:
         self.member_id = 10276657743932975437 + index * 7919
         self.up = True
         self.paused = False
+        self.offset = 0.0  # its clock against true time (v2 expiries are wall-clock times)
+        self.v2 = True  # serves the v2 API (etcd 3.5 without --enable-v2 does not)
         self.conns = []
         self.held = []  # (conn, request) arrived while paused
         self.pending = []  # proposals waiting for a quorum (as leader)
@@ -432,6 +434,7 @@ class Cluster:
         self.leases = {}  # id -> dict(ttl, expiry, by)
         self.next_lease = 0x694d7a4e6a000000
         self.deletes = []  # (when, what, creator, deleter) for the hygiene check
+        self.orphans = []  # a deposed leader's proposals, until the next election
         sim.at(0.1, self.tick)
         sim.at(EXPIRY_TICK, self.expire)
 
@@ -460,6 +463,9 @@ class Cluster:
                 self.unhealthy_since = sim.now
             elif sim.now - self.unhealthy_since >= ELECTION:
                 sim.note("etcd", "leader %s deposed" % self.members[self.leader].name)
+                # Its uncommitted proposals: some may have reached a majority
+                # of logs, and the next leader commits them (raft does).
+                self.orphans = self.members[self.leader].pending
                 self.members[self.leader].pending = []
                 self.leader = None
                 self.elect_at = sim.now + sim.rng.uniform(0, ELECTION)
@@ -473,13 +479,19 @@ class Cluster:
                     lease["expiry"] = sim.now + ELECTION + lease["ttl"]
                 sim.note("etcd", "%s is leader (term %d); leases extended" % (
                     self.members[self.leader].name, self.term))
+                orphans, self.orphans = self.orphans, []
+                for proposal in orphans:
+                    if sim.rng.random() < 0.5:
+                        sim.note("etcd", "the new leader commits an old leader's entry")
+                        self.apply(proposal)
         sim.at(sim.now + 0.1, self.tick)
 
     def expire(self):
         sim, leader = self.sim, self.leader
         if leader is not None and self.has_quorum(leader):
             now = sim.now
-            for key in sorted(k for k, e in self.v2.items() if e["expires"] <= now):
+            wall = now + self.members[leader].offset  # v2 expiries: the leader's clock
+            for key in sorted(k for k, e in self.v2.items() if e["expires"] <= wall):
                 self.v2_index += 1
                 del self.v2[key]
                 sim.note("etcd", "v2 entry %s expired" % _short_path(key))
@@ -497,8 +509,12 @@ class Cluster:
             return self.reply(member, conn, request, 200, self.v3_answer(member, {
                 "version": "3.4.27", "leader": str(self.members[self.leader].member_id
                                                    if self.leader is not None else 0)}))
+        if path.startswith("/v2/") and not member.v2:  # etcd's plain 404
+            conn.deliver(404, {"content-type": "text/plain; charset=utf-8"},
+                         b"404 page not found\n")
+            return member.answered(conn)
         quorum = not (path.endswith("/lease/keepalive") or path.endswith("/lease/timetolive"))
-        receipt = sim.now  # v2's expiry: the receiving member's clock
+        receipt = sim.now + member.offset  # v2's expiry: the receiving member's clock
         proposal = Proposal(member, conn, request, receipt, quorum)
         sim.at(sim.now + REQUEST_TIMEOUT, self._timed_out, proposal)
         self.forward(proposal)
@@ -593,7 +609,9 @@ class Cluster:
                 "createdIndex": entry["created"]}
         if with_value:
             node["value"] = entry["value"]
-        left = entry["expires"] - self.sim.now
+        wall = self.sim.now + (self.members[self.leader].offset if self.leader is not None
+                               else 0.0)
+        left = entry["expires"] - wall
         whole = int(left)
         node["expiration"] = "2026-01-01T00:%02d:%09.6fZ" % divmod(entry["expires"] % 3600,
                                                                    60)
@@ -1338,9 +1356,10 @@ def _node_do(node, action):
 
 
 def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=0.005,
-             profile=None, **settings):
+             profile=None, member_skew=0.1, **settings):
     """One run: a Result.  ``profile`` (late, isolate, at_holder,
-    cut_contender) replaces the seed's own weighting of the targeted faults."""
+    cut_contender) replaces the seed's own weighting of the targeted faults;
+    the members' clocks are off true time by up to ``member_skew`` seconds."""
     sim = Sim(seed)
     cluster = Cluster(sim, loss)
     cluster.quiet_from = duration
@@ -1354,6 +1373,16 @@ def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=
     sim.note("profile", "requests held late %g, holders cut off after '0' %g, node faults "
              "at the holder %g, contenders cut off %g" % (
                  cluster.late, cluster.isolate, cluster.at_holder, cluster.cut_contender))
+    # The cluster: its members' clocks, and which serve v2 (api = v2 needs
+    # them all; etcd 3.5 serves none without --enable-v2; one member
+    # configured apart from the others is issue 14 item 4).
+    serving = "all" if api == "v2" else rng.choice(("all", "all", "none", "one"))
+    for member in cluster.members:
+        member.offset = rng.uniform(-member_skew, member_skew)
+        member.v2 = serving == "all" or (serving == "one" and member.index == 2)
+    sim.note("profile", "members' clocks %s; v2 served by %s" % (
+        ", ".join("%+.3f s" % m.offset for m in cluster.members),
+        {"all": "every member", "none": "no member", "one": "etcd2 alone"}[serving]))
     checker = Checker(duration)
     configs = [sim_config(api, **settings) for _ in range(nodes)]
     sim_nodes = [Node(sim, cluster, i, configs[i], drift, checker) for i in range(nodes)]
