@@ -56,6 +56,12 @@ The model of etcd (etcd 3.4 with v2 on; ``Cluster``):
   every lease to now + election timeout + TTL (etcd's lessor Promote).
 * answers in etcd's JSON shapes (int64 as strings on the gateway, zero
   values left out), X-Etcd-Cluster-Id on v2 answers.
+* each member's clock is off true time by up to ``member_skew`` (0.1 s): a
+  v2 expiry is a wall-clock time set by the member that received the
+  request and compared by the leader's clock, as in etcd's v2 store.
+* etcd without v2 (3.5 without --enable-v2, or one member configured
+  apart): for api v3 and auto each seed draws whether every member, none,
+  or etcd2 alone serves v2; the others answer v2 with a plain 404.
 
 The network: one TCP connection per (helper, member) as the real Transport
 opens them; in order on each connection; an HTTP/1.1 server reads the next
@@ -76,11 +82,12 @@ Simplifications (what the model does not do):
   The helper reads with quorum=true (v2) and linearizably (v3) only, so no
   non-quorum read is modelled.
 * no v3 authentication (the simulated config has no username): no tokens,
-  so none expire; no TLS; no DNS SRV; etcd 3.5 without v2 is not simulated
-  (api = auto always holds v3+v2 here).
-* members' clocks run at true time (no offset between members).
-* a proposal is either applied by the leader that got it or lost; no log
-  replication detail, no commit of an old leader's entries by a new one.
+  so none expire; no TLS; no DNS SRV.  (tests/test_auth.py and
+  tests/test_tls.py cover those against real etcd.)
+* a proposal is applied by the leader that got it, lost, or -- when that
+  leader is deposed first -- committed by the next leader at its election
+  (half of them: the entries that had reached a majority of logs); no
+  finer log replication detail.
 * lease checkpointing is off (etcd's default): a new leader restarts every
   lease at its full TTL (+ the election timeout).
 * keepalive and timetolive need a leader, not a quorum.
