@@ -592,6 +592,17 @@ V3_TTL = [  # a lease kept alive, then let go; its key goes with it
 ]
 
 
+V2_REFUSED = [  # etcd 3.5 without --enable-v2: every v2 request, a plain 404
+    ("v2_served",),
+    ("v2_get_dir", True),
+    ("v2_post", "a", 3),
+    ("v2_get_entry", 0),
+    ("v2_cas", 0, "a", "last", 3),
+    ("v2_cad", 0, "a"),
+    ("v3_status",),
+]
+
+
 def random_sequence(rng, apis, length, waits=False):
     """A sequence of steps the helper takes, in a random order: values from
     a small set, so that compares hold now and then; entries and leases by
@@ -658,6 +669,11 @@ def test_v2_steps_answer_alike(etcd34, ops):
 @pytest.mark.parametrize("ops", [V3_LOCK, V3_TTL], ids=["lock", "ttl"])
 def test_v3_steps_answer_alike(etcd_members, flavour, ops):
     assert run_sequence(etcd_members(flavour), ops, seed=2) >= len(ops) - 1
+
+
+def test_v2_refused_alike(etcd_members):
+    assert run_sequence(etcd_members("etcd35"), V2_REFUSED, seed=3, v2=False) == len(
+        V2_REFUSED)
 
 
 @pytest.mark.parametrize("flavour, apis, count", [

@@ -77,7 +77,8 @@ Simplifications (what the model does not do):
   non-quorum read is modelled.
 * no v3 authentication (the simulated config has no username): no tokens,
   so none expire; no TLS; no DNS SRV; etcd 3.5 without v2 is not simulated
-  (api = auto always holds v3+v2 here).
+  (api = auto always holds v3+v2 here), though the model can refuse v2 as
+  it does (``Cluster.serves_v2 = False``: Go's plain 404).
 * members' clocks run at true time (no offset between members).
 * a proposal is either applied by the leader that got it or lost; no log
   replication detail, no commit of an old leader's entries by a new one.
@@ -396,6 +397,7 @@ class Cluster:
         self.term = 2
         self.unhealthy_since = None
         self.elect_at = None
+        self.serves_v2 = True  # False: etcd 3.5 without --enable-v2
         # v2 store
         self.v2_index = 4
         self.v2 = {}  # key -> entry dict (key, value, expires, created, modified, by)
@@ -467,6 +469,10 @@ class Cluster:
     def handle(self, member, conn, request):
         sim = self.sim
         path = request.path
+        if path.startswith("/v2/") and not self.serves_v2:  # no v2 handler: Go's 404
+            conn.deliver(404, {"content-type": "text/plain; charset=utf-8"},
+                         b"404 page not found\n")
+            return member.answered(conn)
         if path.endswith("/maintenance/status"):
             return self.reply(member, conn, request, 200, self.v3_answer(member, {
                 "version": "3.4.27", "leader": str(self.members[self.leader].member_id
