@@ -212,6 +212,10 @@ class Run:
         if kind == "v2_post":  # V2Lock.acquire
             value, ttl = args
             return "v2", self.v2("POST", self.url, {"value": value, "ttl": ttl})
+        if kind == "v2_post_under":  # into an entry: a plain key where a directory belongs
+            value, ttl = args[1:]
+            return "v2", self.v2("POST", "/v2/keys" + quote(self.entry(args[0])),
+                                 {"value": value, "ttl": ttl})
         if kind == "v2_get_dir":  # V2Lock.entries (quorum), --status alike without
             return "v2", self.v2("GET", self.url + ("?quorum=true" if args[0] else ""))
         if kind == "v2_get_entry":  # V2Lock._moved_on
@@ -533,6 +537,7 @@ V2_QUEUE = [  # two contenders, the first refreshes and gives back
     ("v2_get_dir", True),  # the directory stays, empty
     ("v2_post", "c", 2),
     ("v2_get_entry", 0),  # deleted
+    ("v2_post_under", 2, "d", 2),  # error 104 (V2Lock.acquire names the plain key)
 ]
 
 V3_LOCK = [  # take, contend, refresh, give back, and the leftovers

@@ -584,7 +584,7 @@ class Cluster:
 
     def v2_error(self, code, cause):
         status, message = {100: (404, "Key not found"), 101: (412, "Compare failed"),
-                           104: (403, "Not a directory"), 102: (403, "Not a file")}[code]
+                           104: (400, "Not a directory"), 102: (403, "Not a file")}[code]
         return status, {"errorCode": code, "message": message, "cause": cause,
                         "index": self.v2_index}
 
