@@ -55,7 +55,7 @@ The model of etcd (etcd 3.4 with v2 on; ``Cluster``):
   0.5 s, revoked by a proposal, which needs quorum); a new leader extends
   every lease to now + election timeout + TTL (etcd's lessor Promote).
 * answers in etcd's JSON shapes (int64 as strings on the gateway, zero
-  values left out), X-Etcd-Cluster-Id on v2 answers.
+  values left out but two, below), X-Etcd-Cluster-Id on v2 answers.
 
 The network: one TCP connection per (helper, member) as the real Transport
 opens them; in order on each connection; an HTTP/1.1 server reads the next
@@ -87,6 +87,17 @@ Simplifications (what the model does not do):
 * keepalive and timetolive need a leader, not a quorum.
 * a paused member takes connections (the kernel does) but reads nothing.
 * a connection's loss is a reset, never a half-delivered request.
+* what tests/test_simulate_model.py found different from etcd 3.4/3.5, and
+  left so because the helper reads it alike: a failed txn says
+  "responses": [] and timetolive "TTL": "0" where etcd leaves zero values
+  out (the parser reads absent as zero); GET /v2/keys/ answers error 100,
+  not etcd's root directory (serves_v2: served either way); a directory's
+  own createdIndex and modifiedIndex are fixed (the helper reads its
+  entries' only); error 100's cause is the key, not its first missing
+  segment; a lease is granted the TTL asked, where etcd grants at least
+  1.5 election timeouts, rounded up (2 s: lock_ttl is at least 2); the v3
+  errors have 3.4's shape (3.5 has no "error" field).  Not modelled at all:
+  /version and /v3/auth (--check and --status only; no username here).
 
 The nodes: each is a ctdbd that runs the helper again and again: after a
 '1', a '3', an exit or a lost lock (its stdout closed), it sends SIGTERM and
