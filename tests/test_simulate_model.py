@@ -597,6 +597,15 @@ V3_TTL = [  # a lease kept alive, then let go; its key goes with it
 ]
 
 
+V3_LATE_KEEPALIVE = [  # a keepalive after the lease expired, before it is revoked
+    ("v3_grant", 2),
+    ("v3_take", "a", 0),
+    ("pass", 2.15),  # expired; etcd revokes within its next check (0.5 s)
+    ("v3_keepalive", 0),  # etcd waits for the revoke: not found, never renewed
+    ("v3_range",),
+    ("v3_timetolive", 0),
+]
+
 V2_REFUSED = [  # etcd 3.5 without --enable-v2: every v2 request, a plain 404
     ("v2_served",),
     ("v2_get_dir", True),
@@ -671,7 +680,8 @@ def test_v2_steps_answer_alike(etcd34, ops):
 
 
 @pytest.mark.parametrize("flavour", ["etcd34", "etcd35"])
-@pytest.mark.parametrize("ops", [V3_LOCK, V3_TTL], ids=["lock", "ttl"])
+@pytest.mark.parametrize("ops", [V3_LOCK, V3_TTL, V3_LATE_KEEPALIVE],
+                         ids=["lock", "ttl", "late keepalive"])
 def test_v3_steps_answer_alike(etcd_members, flavour, ops):
     assert run_sequence(etcd_members(flavour), ops, seed=2) >= len(ops) - 1
 

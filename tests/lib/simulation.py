@@ -45,7 +45,9 @@ The model of etcd (etcd 3.4 with v2 on; ``Cluster``):
   expired entries removed by the leader's SYNC every 0.5 s (leader's clock,
   needs quorum), as etcd does.  ``ttl`` rounds up, as etcd's.
 * v3 gateway as the helper uses it: lease grant (a proposal: expiry set at
-  apply), keepalive (renewed by the leader on arrival, no proposal), revoke
+  apply), keepalive (renewed by the leader on arrival, no proposal; an
+  expired lease is not: it is revoked, then not found, as etcd waits for the
+  revoke; without a quorum, not found at once where etcd waits on), revoke
   (a proposal; 404 for an unknown lease), timetolive (TTL rounded down, -1
   unknown), txn comparing CREATE (create_revision) and VALUE with
   request_put (with lease; unknown lease: 404 and nothing done),
@@ -690,9 +692,16 @@ class Cluster:
                                             "by": request.helper.who}
             return 200, self.v3_answer(member, {"ID": str(self.next_lease), "TTL": str(ttl)})
         if what == "lease/keepalive":
-            lease = self.leases.get(int(body["ID"]))
+            lease_id = int(body["ID"])
+            lease = self.leases.get(lease_id)
             result = {"header": self.header(member), "ID": body["ID"]}
-            if lease is not None:
+            if lease is not None and lease["expiry"] <= sim.now \
+                    and self.has_quorum(self.leader):
+                # Expired: etcd's Renew waits for its revoke, then answers
+                # not found; the revoke is done here and now.
+                self._revoke(lease_id)
+                sim.note("etcd", "lease %x expired" % lease_id)
+            if lease is not None and lease["expiry"] > sim.now:
                 lease["expiry"] = sim.now + lease["ttl"]
                 result["TTL"] = str(lease["ttl"])
             return 200, {"result": result}
