@@ -694,13 +694,13 @@ class Cluster:
         if what == "lease/keepalive":
             lease_id = int(body["ID"])
             lease = self.leases.get(lease_id)
-            result = {"header": self.header(member), "ID": body["ID"]}
             if lease is not None and lease["expiry"] <= sim.now \
                     and self.has_quorum(self.leader):
                 # Expired: etcd's Renew waits for its revoke, then answers
                 # not found; the revoke is done here and now.
                 self._revoke(lease_id)
                 sim.note("etcd", "lease %x expired" % lease_id)
+            result = {"header": self.header(member), "ID": body["ID"]}
             if lease is not None and lease["expiry"] > sim.now:
                 lease["expiry"] = sim.now + lease["ttl"]
                 result["TTL"] = str(lease["ttl"])
