@@ -94,6 +94,12 @@ class Asker:
     trace and its hygiene list)."""
 
     who = "difftest"
+    done = False  # a running helper (its late POSTs count)
+
+    class node:  # noqa: N801 - a node whose contender is never cut off here
+        @staticmethod
+        def maybe_cut_contender():
+            pass
 
 
 class Conn:
