@@ -1394,7 +1394,7 @@ def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=
     # that combinations rare under any one weighting are common in some seeds.
     rng = sim.rng
     drawn = (rng.choice((0.0, 0.03, 0.1)), rng.choice((0.2, 0.6, 0.9)),
-             rng.choice((0.0, 0.5, 0.9)), rng.choice((0.0, 0.3, 0.7)))
+             rng.choice((0.0, 0.5, 0.9)), rng.choice((0.0, 0.3, 0.7, 0.9)))
     cluster.late, cluster.isolate, cluster.at_holder, cluster.cut_contender = (
         profile or drawn)
     sim.note("profile", "requests held late %g, holders cut off after '0' %g, node faults "
