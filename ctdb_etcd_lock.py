@@ -2486,7 +2486,9 @@ class V2Lock(Lock):
             sent, node = self._request("POST", self.url, deadline,
                                        {"value": self.value, "ttl": self.ttl})
         except ApiNotServed:
-            self.posted = False
+            # The members that answered serve no v2; one that took the POST
+            # and whose answer was lost may serve it, and queued our entry.
+            self.posted = self.transport.unanswered > unanswered
             raise
         except EtcdError as e:
             if e.code == 104:  # not a directory: no helper writes such a key
@@ -2600,7 +2602,11 @@ class V2Lock(Lock):
         if self.posted and (self.entry is None or self.resent):
             # A POST of ours whose answer did not come back may have queued
             # an entry all the same: find them by our value.
-            for entry in self.entries(deadline):
+            try:
+                entries = self.entries(deadline)
+            except ApiNotServed:  # nobody that answered serves v2: none of ours
+                entries = []
+            for entry in entries:
                 if entry.value == self.value and entry.key != self.entry:
                     self._delete(entry.key, deadline)
         self.entry, self.posted = None, False

@@ -43,6 +43,7 @@ class DelayProxy:
         self.sockets = [self.listener]
         self.threads = []
         self.connections = 0
+        self.clients = []  # the client end of each connection, for reset()
         self._start(self._accept)
 
     def _start(self, target, *args):
@@ -69,6 +70,7 @@ class DelayProxy:
                     upstream.close()
                     return
                 self.sockets += [client, upstream]
+                self.clients.append(client)
                 self.connections += 1
                 pending, answers = queue.Queue(), queue.Queue()
                 self._start(self._client_reader, client, pending)
@@ -138,6 +140,20 @@ class DelayProxy:
             client.shutdown(socket.SHUT_WR)
         except OSError:
             pass
+
+    def reset(self):
+        """Reset every client connection made so far (RST: an answer lost on
+        the way back); the proxy keeps listening for new ones."""
+        import struct
+        with self.lock:
+            clients, self.clients = self.clients, []
+        for client in clients:
+            try:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                client.shutdown(socket.SHUT_RDWR)
+                client.close()
+            except OSError:
+                pass
 
     def sent(self, start):
         """How many chunks the clients sent that begin with ``start``."""

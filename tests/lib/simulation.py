@@ -45,7 +45,9 @@ The model of etcd (etcd 3.4 with v2 on; ``Cluster``):
   expired entries removed by the leader's SYNC every 0.5 s (leader's clock,
   needs quorum), as etcd does.  ``ttl`` rounds up, as etcd's.
 * v3 gateway as the helper uses it: lease grant (a proposal: expiry set at
-  apply), keepalive (renewed by the leader on arrival, no proposal), revoke
+  apply), keepalive (renewed by the leader on arrival, no proposal; an
+  expired lease is not: it is revoked, then not found, as etcd waits for the
+  revoke; without a quorum, not found at once where etcd waits on), revoke
   (a proposal; 404 for an unknown lease), timetolive (TTL rounded down, -1
   unknown), txn comparing CREATE (create_revision) and VALUE with
   request_put (with lease; unknown lease: 404 and nothing done),
@@ -55,7 +57,13 @@ The model of etcd (etcd 3.4 with v2 on; ``Cluster``):
   0.5 s, revoked by a proposal, which needs quorum); a new leader extends
   every lease to now + election timeout + TTL (etcd's lessor Promote).
 * answers in etcd's JSON shapes (int64 as strings on the gateway, zero
-  values left out), X-Etcd-Cluster-Id on v2 answers.
+  values left out but two, below), X-Etcd-Cluster-Id on v2 answers.
+* each member's clock is off true time by up to ``member_skew`` (0.1 s): a
+  v2 expiry is a wall-clock time set by the member that received the
+  request and compared by the leader's clock, as in etcd's v2 store.
+* etcd without v2 (3.5 without --enable-v2, or one member configured
+  apart): for api v3 and auto each seed draws whether every member, none,
+  or etcd2 alone serves v2; the others answer v2 with a plain 404.
 
 The network: one TCP connection per (helper, member) as the real Transport
 opens them; in order on each connection; an HTTP/1.1 server reads the next
@@ -76,16 +84,28 @@ Simplifications (what the model does not do):
   The helper reads with quorum=true (v2) and linearizably (v3) only, so no
   non-quorum read is modelled.
 * no v3 authentication (the simulated config has no username): no tokens,
-  so none expire; no TLS; no DNS SRV; etcd 3.5 without v2 is not simulated
-  (api = auto always holds v3+v2 here).
-* members' clocks run at true time (no offset between members).
-* a proposal is either applied by the leader that got it or lost; no log
-  replication detail, no commit of an old leader's entries by a new one.
+  so none expire; no TLS; no DNS SRV.  (tests/test_auth.py and
+  tests/test_tls.py cover those against real etcd.)
+* a proposal is applied by the leader that got it, lost, or -- when that
+  leader is deposed first -- committed by the next leader at its election
+  (half of them: the entries that had reached a majority of logs); no
+  finer log replication detail.
 * lease checkpointing is off (etcd's default): a new leader restarts every
   lease at its full TTL (+ the election timeout).
 * keepalive and timetolive need a leader, not a quorum.
 * a paused member takes connections (the kernel does) but reads nothing.
 * a connection's loss is a reset, never a half-delivered request.
+* what tests/test_simulate_model.py found different from etcd 3.4/3.5, and
+  left so because the helper reads it alike: a failed txn says
+  "responses": [] and timetolive "TTL": "0" where etcd leaves zero values
+  out (the parser reads absent as zero); GET /v2/keys/ answers error 100,
+  not etcd's root directory (Transport.serves_v2: served either way); a directory's
+  own createdIndex and modifiedIndex are fixed (the helper reads its
+  entries' only); error 100's cause is the key, not its first missing
+  segment; a lease is granted the TTL asked, where etcd grants at least
+  1.5 election timeouts, rounded up (2 s: lock_ttl is at least 2); the v3
+  errors have 3.4's shape (3.5 has no "error" field).  Not modelled at all:
+  /version and /v3/auth (--check and --status only; no username here).
 
 Targeted faults, at the moments the lock changes hands (FoundationDB's
 BUGGIFY has code place them; here the model does, from what it sees):
@@ -367,6 +387,8 @@ class Member:
         self.member_id = 10276657743932975437 + index * 7919
         self.up = True
         self.paused = False
+        self.offset = 0.0  # its clock against true time (v2 expiries are wall-clock times)
+        self.v2 = True  # serves the v2 API (etcd 3.5 without --enable-v2 does not)
         self.conns = []
         self.held = []  # (conn, request) arrived while paused
         self.pending = []  # proposals waiting for a quorum (as leader)
@@ -432,6 +454,7 @@ class Cluster:
         self.leases = {}  # id -> dict(ttl, expiry, by)
         self.next_lease = 0x694d7a4e6a000000
         self.deletes = []  # (when, what, creator, deleter) for the hygiene check
+        self.orphans = []  # a deposed leader's proposals, until the next election
         sim.at(0.1, self.tick)
         sim.at(EXPIRY_TICK, self.expire)
 
@@ -460,6 +483,9 @@ class Cluster:
                 self.unhealthy_since = sim.now
             elif sim.now - self.unhealthy_since >= ELECTION:
                 sim.note("etcd", "leader %s deposed" % self.members[self.leader].name)
+                # Its uncommitted proposals: some may have reached a majority
+                # of logs, and the next leader commits them (raft does).
+                self.orphans = self.members[self.leader].pending
                 self.members[self.leader].pending = []
                 self.leader = None
                 self.elect_at = sim.now + sim.rng.uniform(0, ELECTION)
@@ -473,13 +499,19 @@ class Cluster:
                     lease["expiry"] = sim.now + ELECTION + lease["ttl"]
                 sim.note("etcd", "%s is leader (term %d); leases extended" % (
                     self.members[self.leader].name, self.term))
+                orphans, self.orphans = self.orphans, []
+                for proposal in orphans:
+                    if sim.rng.random() < 0.5:
+                        sim.note("etcd", "the new leader commits an old leader's entry")
+                        self.apply(proposal)
         sim.at(sim.now + 0.1, self.tick)
 
     def expire(self):
         sim, leader = self.sim, self.leader
         if leader is not None and self.has_quorum(leader):
             now = sim.now
-            for key in sorted(k for k, e in self.v2.items() if e["expires"] <= now):
+            wall = now + self.members[leader].offset  # v2 expiries: the leader's clock
+            for key in sorted(k for k, e in self.v2.items() if e["expires"] <= wall):
                 self.v2_index += 1
                 del self.v2[key]
                 sim.note("etcd", "v2 entry %s expired" % _short_path(key))
@@ -497,8 +529,12 @@ class Cluster:
             return self.reply(member, conn, request, 200, self.v3_answer(member, {
                 "version": "3.4.27", "leader": str(self.members[self.leader].member_id
                                                    if self.leader is not None else 0)}))
+        if path.startswith("/v2/") and not member.v2:  # etcd's plain 404
+            conn.deliver(404, {"content-type": "text/plain; charset=utf-8"},
+                         b"404 page not found\n")
+            return member.answered(conn)
         quorum = not (path.endswith("/lease/keepalive") or path.endswith("/lease/timetolive"))
-        receipt = sim.now  # v2's expiry: the receiving member's clock
+        receipt = sim.now + member.offset  # v2's expiry: the receiving member's clock
         proposal = Proposal(member, conn, request, receipt, quorum)
         sim.at(sim.now + REQUEST_TIMEOUT, self._timed_out, proposal)
         self.forward(proposal)
@@ -593,7 +629,9 @@ class Cluster:
                 "createdIndex": entry["created"]}
         if with_value:
             node["value"] = entry["value"]
-        left = entry["expires"] - self.sim.now
+        wall = self.sim.now + (self.members[self.leader].offset if self.leader is not None
+                               else 0.0)
+        left = entry["expires"] - wall
         whole = int(left)
         node["expiration"] = "2026-01-01T00:%02d:%09.6fZ" % divmod(entry["expires"] % 3600,
                                                                    60)
@@ -604,7 +642,7 @@ class Cluster:
 
     def v2_error(self, code, cause):
         status, message = {100: (404, "Key not found"), 101: (412, "Compare failed"),
-                           104: (403, "Not a directory"), 102: (403, "Not a file")}[code]
+                           104: (400, "Not a directory"), 102: (403, "Not a file")}[code]
         return status, {"errorCode": code, "message": message, "cause": cause,
                         "index": self.v2_index}
 
@@ -705,9 +743,16 @@ class Cluster:
                                             "by": request.helper.who}
             return 200, self.v3_answer(member, {"ID": str(self.next_lease), "TTL": str(ttl)})
         if what == "lease/keepalive":
-            lease = self.leases.get(int(body["ID"]))
+            lease_id = int(body["ID"])
+            lease = self.leases.get(lease_id)
+            if lease is not None and lease["expiry"] <= sim.now \
+                    and self.has_quorum(self.leader):
+                # Expired: etcd's Renew waits for its revoke, then answers
+                # not found; the revoke is done here and now.
+                self._revoke(lease_id)
+                sim.note("etcd", "lease %x expired" % lease_id)
             result = {"header": self.header(member), "ID": body["ID"]}
-            if lease is not None:
+            if lease is not None and lease["expiry"] > sim.now:
                 lease["expiry"] = sim.now + lease["ttl"]
                 result["TTL"] = str(lease["ttl"])
             return 200, {"result": result}
@@ -1338,9 +1383,10 @@ def _node_do(node, action):
 
 
 def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=0.005,
-             profile=None, **settings):
+             profile=None, member_skew=0.1, **settings):
     """One run: a Result.  ``profile`` (late, isolate, at_holder,
-    cut_contender) replaces the seed's own weighting of the targeted faults."""
+    cut_contender) replaces the seed's own weighting of the targeted faults;
+    the members' clocks are off true time by up to ``member_skew`` seconds."""
     sim = Sim(seed)
     cluster = Cluster(sim, loss)
     cluster.quiet_from = duration
@@ -1354,6 +1400,16 @@ def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=
     sim.note("profile", "requests held late %g, holders cut off after '0' %g, node faults "
              "at the holder %g, contenders cut off %g" % (
                  cluster.late, cluster.isolate, cluster.at_holder, cluster.cut_contender))
+    # The cluster: its members' clocks, and which serve v2 (api = v2 needs
+    # them all; etcd 3.5 serves none without --enable-v2; one member
+    # configured apart from the others is issue 14 item 4).
+    serving = "all" if api == "v2" else rng.choice(("all", "all", "none", "one"))
+    for member in cluster.members:
+        member.offset = rng.uniform(-member_skew, member_skew)
+        member.v2 = serving == "all" or (serving == "one" and member.index == 2)
+    sim.note("profile", "members' clocks %s; v2 served by %s" % (
+        ", ".join("%+.3f s" % m.offset for m in cluster.members),
+        {"all": "every member", "none": "no member", "one": "etcd2 alone"}[serving]))
     checker = Checker(duration)
     configs = [sim_config(api, **settings) for _ in range(nodes)]
     sim_nodes = [Node(sim, cluster, i, configs[i], drift, checker) for i in range(nodes)]
