@@ -79,6 +79,8 @@ uninstall:
 	rmdir $(DESTDIR)$(HELPERDIR)/__pycache__ $(DESTDIR)$(DOCDIR) 2>/dev/null || true
 
 DISTDIR ?= dist
+# deb and rpm each make the tarball first, in the same place.
+.NOTPARALLEL:
 
 dist deb rpm:
 	DISTDIR='$(DISTDIR)' packaging/build $@
