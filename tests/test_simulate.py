@@ -86,7 +86,7 @@ def test_bites_issue_14_item_1_reverted(monkeypatch):
     """A try that keeps its value (no fresh id per round, no former values):
     an entry of an earlier try (its give-back failed, or its POST came late)
     is adopted and timed from a later send.  In seeds 0-299 of the default
-    rotation: seeds 51, 207 and 234 (api v2)."""
+    rotation: seeds 0, 84 and 141 (api v2)."""
     def keep_value(self, value):
         self.entry, self.posted, self.resent, self.index, self.index_sent = (
             None, False, False, None, None)

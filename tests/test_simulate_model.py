@@ -137,7 +137,9 @@ class ModelSide:
     def ask(self, method, path, body=None, headers=None):
         self.sim.run_until(max(self.sim.now, self.real.sent))  # as etcd got it
         conn = Conn()
-        self.member.arrive(conn, simulation.Request(Asker, conn, method, path, body or b""))
+        self.member.arrive(conn, simulation.Request(
+            Asker, conn, method, path, body or b"",
+            {name.lower(): value for name, value in (headers or {}).items()}))
         limit = self.sim.now + simulation.REQUEST_TIMEOUT + 1
         while not conn.answers and self.sim.now < limit:
             self.sim.run_until(self.sim.now + 0.01)
@@ -718,3 +720,69 @@ def test_soak_random_sequences_with_time_passing(etcd_members, flavour, apis):
     member = etcd_members(flavour)
     for i, ops in enumerate(sequences(1600 + len(apis), 100, apis, waits=True)):
         run_sequence(member, ops, seed=i)
+
+
+# ---------------------------------------------------------------------------
+# What one member cannot show: the model's stale reads and its auth tokens
+
+def _ask_model(sim, member, method, path, body=b"", headers=None, wait=10):
+    conn = Conn()
+    member.arrive(conn, simulation.Request(Asker, conn, method, path, body, headers or {}))
+    limit = sim.now + wait
+    while not conn.answers and sim.now < limit:
+        sim.run_until(sim.now + 0.01)
+    assert conn.answers, "no answer to %s %s" % (method, path)
+    status, _, data = conn.answers[0]
+    return status, json.loads(data.decode())
+
+
+@pytest.mark.fast
+def test_the_model_serves_a_stale_read_from_a_member_cut_off_from_the_leader():
+    """etcd answers a v2 GET without quorum=true from the receiving member's
+    own store: one cut off from the leader shows the lock as it was."""
+    sim = simulation.Sim(1)
+    cluster = simulation.Cluster(sim, loss=0.0)
+    leader = cluster.members[cluster.leader]
+    follower = cluster.members[(cluster.leader + 1) % simulation.MEMBERS]
+    url = "/v2/keys/_locks/_ctdb/stale"
+    status, posted = _ask_model(sim, leader, "POST", url, b"value=a&ttl=60", FORM)
+    assert status == 201
+    sim.run_until(sim.now + 0.5)
+    cluster.links.cut[simulation.Links._key(follower.name, leader.name)] = [
+        (sim.now, sim.now + 100)]
+    sim.run_until(sim.now + 0.5)
+    status, _ = _ask_model(sim, leader, "DELETE", url + "/" + posted["node"]["key"].rsplit(
+        "/", 1)[1] + "?prevValue=a")
+    assert status == 200
+    status, seen = _ask_model(sim, follower, "GET", url)
+    assert status == 200 and [n["value"] for n in seen["node"]["nodes"]] == ["a"]
+    status, _ = _ask_model(sim, leader, "GET", url)
+    assert status == 200  # the leader's own store: gone
+    status, error = _ask_model(sim, follower, "GET", url + "?quorum=true")
+    assert status == 500 and "timed out" in error["cause"]  # no quorum behind it
+
+
+@pytest.mark.fast
+def test_the_models_auth_tokens_expire_when_idle_and_die_with_their_member():
+    sim = simulation.Sim(2)
+    cluster = simulation.Cluster(sim, loss=0.0)
+    cluster.auth, cluster.token_ttl = True, 3.0
+    member = cluster.members[cluster.leader]
+    login = json.dumps({"name": "sim", "password": "simpass"}).encode()
+    status, answer = _ask_model(sim, member, "POST", "/v3/auth/authenticate", login, JSON)
+    token = answer["token"]
+    key = json.dumps({"key": "AA=="}).encode()
+    ask = dict(JSON, authorization=token)
+    for _ in range(3):  # each use keeps it alive
+        sim.run_until(sim.now + 2)
+        assert _ask_model(sim, member, "POST", "/v3/kv/range", key, ask)[0] == 200
+    sim.run_until(sim.now + 3.5)
+    status, error = _ask_model(sim, member, "POST", "/v3/kv/range", key, ask)
+    assert status == 401 and error["message"] == "etcdserver: invalid auth token"
+    status, answer = _ask_model(sim, member, "POST", "/v3/auth/authenticate", login, JSON)
+    ask["authorization"] = answer["token"]
+    other = cluster.members[(cluster.leader + 1) % simulation.MEMBERS]
+    simulation._kill_member(cluster, other.index)
+    other.up = True  # restarted: its tokens are gone, the others' stay
+    assert _ask_model(sim, other, "POST", "/v3/kv/range", key, ask)[0] == 401
+    assert _ask_model(sim, member, "POST", "/v3/kv/range", key, ask)[0] == 200

@@ -80,12 +80,18 @@ connections.  Slow member-member links (0.5-4.5 s, under rafthttp's 5 s)
 reorder proposals between members (issue 14 item 2).
 
 Simplifications (what the model does not do):
-* one replicated state, not one per member: no member serves a stale read.
-  The helper reads with quorum=true (v2) and linearizably (v3) only, so no
-  non-quorum read is modelled.
-* no v3 authentication (the simulated config has no username): no tokens,
-  so none expire; no TLS; no DNS SRV.  (tests/test_auth.py and
-  tests/test_tls.py cover those against real etcd.)
+* one replicated state, not one log per member: a member's stale view is
+  the state as it was when it last heard from a leader (v2 GET without
+  quorum=true, answered by the receiving member); the helper itself reads
+  with quorum=true (v2) and linearizably (v3), so only the differential
+  test and --status-like reads meet it.  The v3 gateway's serializable
+  reads are not modelled.
+* v3 authentication with simple tokens only: etcd's default, each member's
+  own in memory (a restarted member knows none), alive while used within
+  --auth-token-ttl (3 s, 10 s or 300 s per seed); no users, roles or
+  permissions, no auth revision, no JWT; v2 ignores the helper's Basic
+  header.  No TLS, no DNS SRV.  (tests/test_auth.py and tests/test_tls.py
+  cover those against real etcd.)
 * a proposal is applied by the leader that got it, lost, or -- when that
   leader is deposed first -- committed by the next leader at its election
   (half of them: the entries that had reached a majority of logs); no
@@ -273,8 +279,11 @@ class SimConnection:
     def _submit(self, raw):
         sim, cluster, helper = self.sim, self.cluster, self.helper
         head, _, body = raw.partition(b"\r\n\r\n")
-        method, path = head.split(b"\r\n", 1)[0].decode().split(" ")[:2]
-        request = Request(helper, self, method, path, body)
+        lines = head.decode().split("\r\n")
+        method, path = lines[0].split(" ")[:2]
+        headers = dict((name.strip().lower(), value.strip()) for name, _, value in
+                       (line.partition(":") for line in lines[1:]))
+        request = Request(helper, self, method, path, body, headers)
         member = cluster.members[self.member]
         sim.note(helper.who, "-> %s %s %s%s" % (member.name, method, _short_path(path),
                                                 request.shown()))
@@ -356,8 +365,9 @@ def _short_path(path):
 
 
 class Request:
-    def __init__(self, helper, conn, method, path, body):
+    def __init__(self, helper, conn, method, path, body, headers=None):
         self.helper, self.conn, self.method = helper, conn, method
+        self.headers = headers or {}
         parts = urlsplit(path)
         self.path = unquote(parts.path)
         self.query = dict(parse_qsl(parts.query))
@@ -389,6 +399,8 @@ class Member:
         self.paused = False
         self.offset = 0.0  # its clock against true time (v2 expiries are wall-clock times)
         self.v2 = True  # serves the v2 API (etcd 3.5 without --enable-v2 does not)
+        self.tokens = {}  # simple auth tokens it knows: token -> when it expires
+        self.synced = 0.0  # when it last heard from a leader: its v2 store is as then
         self.conns = []
         self.held = []  # (conn, request) arrived while paused
         self.pending = []  # proposals waiting for a quorum (as leader)
@@ -448,6 +460,7 @@ class Cluster:
         self.v2_index = 4
         self.v2 = {}  # key -> entry dict (key, value, expires, created, modified, by)
         self.v2_dirs = set()
+        self.v2_history = [(0.0, {})]  # (when, the v2 store then): for stale reads
         # v3
         self.revision = 1
         self.kv = {}  # key -> dict(value, create, mod, version, lease, by)
@@ -455,6 +468,9 @@ class Cluster:
         self.next_lease = 0x694d7a4e6a000000
         self.deletes = []  # (when, what, creator, deleter) for the hygiene check
         self.orphans = []  # a deposed leader's proposals, until the next election
+        self.auth = False  # v3 authentication on (simple tokens)
+        self.token_ttl = 300.0  # etcd's --auth-token-ttl: idle time before a token expires
+        self.tokens_issued = 0
         sim.at(0.1, self.tick)
         sim.at(EXPIRY_TICK, self.expire)
 
@@ -475,6 +491,12 @@ class Cluster:
 
     def tick(self):
         sim = self.sim
+        if self.leader is not None and self.healthy(self.leader):
+            leader = self.members[self.leader]
+            for member in self.members:
+                if self.healthy(member.index) and not self.links.is_cut(
+                        member.name, leader.name, sim.now):
+                    member.synced = sim.now
         if self.leader is not None:
             if self.has_quorum(self.leader):
                 self.unhealthy_since = None
@@ -514,6 +536,7 @@ class Cluster:
             for key in sorted(k for k, e in self.v2.items() if e["expires"] <= wall):
                 self.v2_index += 1
                 del self.v2[key]
+                self._v2_changed()
                 sim.note("etcd", "v2 entry %s expired" % _short_path(key))
             for lease_id in sorted(i for i, l in self.leases.items() if l["expiry"] <= now):
                 self._revoke(lease_id)
@@ -533,6 +556,19 @@ class Cluster:
             conn.deliver(404, {"content-type": "text/plain; charset=utf-8"},
                          b"404 page not found\n")
             return member.answered(conn)
+        if path.startswith("/v2/keys") and request.method == "GET" \
+                and request.query.get("quorum") != "true":
+            return self.stale_read(member, conn, request)
+        if self.auth and path.startswith("/v3/") and not path.endswith("/auth/authenticate"):
+            # A simple token is checked by the member that receives the
+            # request, in its own store; use keeps it alive.
+            token = request.headers.get("authorization")
+            if member.tokens.get(token, -INF) <= sim.now:
+                member.tokens.pop(token, None)
+                return self.reply(member, conn, request, 401, {
+                    "error": "etcdserver: invalid auth token", "code": 16,
+                    "message": "etcdserver: invalid auth token"})
+            member.tokens[token] = sim.now + self.token_ttl
         quorum = not (path.endswith("/lease/keepalive") or path.endswith("/lease/timetolive"))
         receipt = sim.now + member.offset  # v2's expiry: the receiving member's clock
         proposal = Proposal(member, conn, request, receipt, quorum)
@@ -615,6 +651,8 @@ class Cluster:
             proposal.member.name))
         if path.startswith("/v2/keys"):
             status, data = self.v2_request(request, path[len("/v2/keys"):], proposal.op)
+            if request.method != "GET":
+                self._v2_changed()
             headers = {"content-type": "application/json",
                        "x-etcd-cluster-id": format(CLUSTER_ID, "x"),
                        "x-etcd-index": str(self.v2_index)}
@@ -623,6 +661,21 @@ class Cluster:
         return status, {"content-type": "application/json"}, data
 
     # -- v2
+
+    def _v2_changed(self):
+        self.v2_history.append((self.sim.now, {k: dict(e) for k, e in self.v2.items()}))
+
+    def stale_read(self, member, conn, request):
+        """A v2 GET without quorum=true: the member answers from its own
+        store, as it was when it last heard from a leader."""
+        synced = self.sim.now if member.index == self.leader else member.synced
+        view = [state for when, state in self.v2_history if when <= synced][-1]
+        current, self.v2 = self.v2, {k: dict(e) for k, e in view.items()}
+        try:
+            status, data = self.v2_request(request, request.path[len("/v2/keys"):], None)
+        finally:
+            self.v2 = current
+        self.reply(member, conn, request, status, data)
 
     def v2_node(self, entry, with_value=True):
         node = {"key": entry["key"], "modifiedIndex": entry["modified"],
@@ -736,6 +789,18 @@ class Cluster:
         body, sim = request.json or {}, self.sim
         not_found = (404, {"error": "etcdserver: requested lease not found",
                            "message": "etcdserver: requested lease not found", "code": 5})
+        if what == "auth/authenticate":
+            if not self.auth:
+                return 400, {"error": "etcdserver: authentication is not enabled", "code": 9,
+                             "message": "etcdserver: authentication is not enabled"}
+            # Through raft: every member that is up adds the token to its
+            # store (one restarted later has lost it).
+            self.tokens_issued += 1
+            token = "simtoken.%d" % self.tokens_issued
+            for each in self.members:
+                if each.up:
+                    each.tokens[token] = sim.now + self.token_ttl
+            return 200, self.v3_answer(member, {"token": token})
         if what == "lease/grant":
             self.next_lease += 7
             ttl = int(body["TTL"])
@@ -1358,6 +1423,7 @@ def _kill_member(cluster, index):
     member = cluster.members[index]
     member.up = False
     member.held, member.pending = [], []
+    member.tokens = {}  # simple tokens live in memory only
     conns, member.conns = member.conns, []
     for conn in conns:
         conn.server_queue = []
@@ -1410,6 +1476,13 @@ def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=
     sim.note("profile", "members' clocks %s; v2 served by %s" % (
         ", ".join("%+.3f s" % m.offset for m in cluster.members),
         {"all": "every member", "none": "no member", "one": "etcd2 alone"}[serving]))
+    # v3 authentication in half the v3 and auto seeds, its tokens expiring
+    # when idle for 3 s, 10 s or etcd's default 300 s.
+    if api != "v2" and rng.random() < 0.5:
+        cluster.auth, cluster.token_ttl = True, rng.choice((3.0, 10.0, 300.0))
+        settings = dict(settings, username="sim", password="simpass")
+        sim.note("profile", "v3 authentication on: tokens expire after %g s idle" %
+                 cluster.token_ttl)
     checker = Checker(duration)
     configs = [sim_config(api, **settings) for _ in range(nodes)]
     sim_nodes = [Node(sim, cluster, i, configs[i], drift, checker) for i in range(nodes)]
