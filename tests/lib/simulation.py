@@ -1449,10 +1449,12 @@ def _node_do(node, action):
 
 
 def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=0.005,
-             profile=None, member_skew=0.1, **settings):
+             profile=None, member_skew=0.1, serving=None, **settings):
     """One run: a Result.  ``profile`` (late, isolate, at_holder,
     cut_contender) replaces the seed's own weighting of the targeted faults;
-    the members' clocks are off true time by up to ``member_skew`` seconds."""
+    the members' clocks are off true time by up to ``member_skew`` seconds;
+    ``serving`` ("all", "none", "one") replaces the seed's draw of which
+    members serve v2."""
     sim = Sim(seed)
     cluster = Cluster(sim, loss)
     cluster.quiet_from = duration
@@ -1469,7 +1471,8 @@ def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=
     # The cluster: its members' clocks, and which serve v2 (api = v2 needs
     # them all; etcd 3.5 serves none without --enable-v2; one member
     # configured apart from the others is issue 14 item 4).
-    serving = "all" if api == "v2" else rng.choice(("all", "all", "none", "one"))
+    drawn = "all" if api == "v2" else rng.choice(("all", "all", "none", "one"))
+    serving = serving or drawn
     for member in cluster.members:
         member.offset = rng.uniform(-member_skew, member_skew)
         member.v2 = serving == "all" or (serving == "one" and member.index == 2)
