@@ -253,8 +253,8 @@ def basic(user, password):
 
 
 def start_secure_etcd(flavour, workdir, **options):
-    suite, v2 = FLAVOURS[flavour]
-    return SecureEtcd(fetch_etcd.etcd_binary(suite), v2, str(workdir), **options).start()
+    which, v2 = FLAVOURS[flavour]
+    return SecureEtcd(fetch_etcd.etcd_binary(which), v2, str(workdir), **options).start()
 
 
 def enable_v3_auth(member, user, password):
