@@ -8,6 +8,8 @@ Flavours (whichever is not the system's etcd-server comes from fetch_etcd):
     etcd35new  the newest etcd 3.5 (at least 3.5.28), built from Go modules (v3 only)
     etcd36     the newest etcd 3.6, built (no v2 at all: --enable-v2 stops it)
     etcd37     the newest etcd 3.7, built (no v2)
+    etcd368    etcd 3.6.8, built: one of the 3.6 releases (3.6.0-3.6.11) that refuse
+               /v3/maintenance/status to users without the root role
 MAIN_FLAVOURS, Debian's, are those the suite's parametrized tests run on;
 NEWER_FLAVOURS those tests/test_versions.py runs the cheap behaviours on.
 
@@ -32,7 +34,8 @@ import fetch_etcd
 
 # flavour -> (what fetch_etcd fetches: a Debian suite or an etcd line, v2 on)
 FLAVOURS = {"etcd34": ("bookworm", True), "etcd35": ("trixie", False),
-            "etcd35new": ("3.5", False), "etcd36": ("3.6", False), "etcd37": ("3.7", False)}
+            "etcd35new": ("3.5", False), "etcd36": ("3.6", False), "etcd37": ("3.7", False),
+            "etcd368": ("3.6.8", False)}
 MAIN_FLAVOURS = ["etcd34", "etcd35"]
 NEWER_FLAVOURS = ["etcd35new", "etcd36", "etcd37"]
 
