@@ -2359,8 +2359,10 @@ def _serves_no_v2(response):
 
 def _final(error):
     """An etcd error about the lock itself (4xx), not one that may pass
-    (5xx, 408 timeout, 429 too many requests)."""
-    return error.status is not None and error.status < 500 and error.status not in (408, 429)
+    (5xx, 408 timeout, 429 too many requests, a token older than a change to
+    users or roles)."""
+    return error.status is not None and error.status < 500 and \
+        error.status not in (408, 429) and "auth store is old" not in error.detail
 
 
 class V2Lock(Lock):
@@ -2642,6 +2644,7 @@ class V3Lock(Lock):
 
     api = "v3"
     PREFIXES = ("/v3", "/v3beta")  # etcd 3.4+, etcd 3.3
+    OLD_TOKEN_TRIES = 3  # new tokens for one request, each older than a change to users
 
     def __init__(self, transport, config, value, log, required=True):
         self.transport = transport
@@ -2664,16 +2667,38 @@ class V3Lock(Lock):
         import json
         if self.config.username and self.token is None:
             self._authenticate(deadline)
-        for attempt in (1, 2):
+        renewed = old = 0
+        while True:
             sent = self.transport.clock()
-            response = self.transport.request(
-                "POST", self.prefix + method, deadline, body=json.dumps(payload).encode(),
-                headers={"Authorization": self.token} if self.token else None, behind=behind)
+            try:
+                response = self.transport.request(
+                    "POST", self.prefix + method, deadline, body=json.dumps(payload).encode(),
+                    headers={"Authorization": self.token} if self.token else None,
+                    behind=behind)
+            except TransportError:
+                if not self.token or renewed:
+                    raise
+                # Some servers answer a stale token by closing the
+                # connection: once more with a new one.
+                renewed += 1
+                self.token = None
+                self._authenticate(deadline)
+                continue
             if response.status == 404 and method == "/lease/grant":
                 raise ApiNotServed(response.endpoint)
-            if response.status == 401 and self.token and attempt == 1:
+            if self.token and response.status == 401 and not renewed:
                 # Expired, or issued by another member (simple tokens are
                 # each member's own): once more with a new one.
+                renewed += 1
+                self.token = None
+                self._authenticate(deadline)
+                continue
+            if self.token and old < self.OLD_TOKEN_TRIES and \
+                    b"auth store is old" in response.body:
+                # Older than a change to users or roles (a JWT token carries
+                # the auth revision it was issued at; the admin may be making
+                # several): again with a new one.
+                old += 1
                 self.token = None
                 self._authenticate(deadline)
                 continue

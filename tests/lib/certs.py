@@ -253,11 +253,11 @@ class SecureEtcd(Etcd):
         if self.v2_auth and path.startswith("/v2/"):
             headers["Authorization"] = basic(*self.v2_auth)
         v3 = self.v3_auth and path.startswith("/v3/") and path != "/v3/auth/authenticate"
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3, 4):
             if v3:
                 headers["Authorization"] = self.auth_token or self.authenticate()
             status, data = self.raw(method, path, body, headers, timeout)
-            if not (v3 and attempt == 1 and (status == 401 or b"auth store is old" in data)):
+            if not (v3 and attempt < 4 and (status == 401 or b"auth store is old" in data)):
                 return status, data
             # Expired (--auth-token-ttl), or a JWT token older than a change
             # to users or roles: once more with a new one.
