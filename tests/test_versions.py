@@ -255,6 +255,29 @@ def test_user_keeps_the_lock_while_users_and_roles_change(auth_members, spawn_us
     assert member.v3_value(key) is None
 
 
+@pytest.mark.parametrize("flavour", ALL + ["etcd368"])
+def test_check_and_status_as_the_user(auth_members, spawn_user, admin, flavour):
+    member = auth_members(flavour)
+    code, out, err = admin(member, "--check")
+    assert code == 0, out + err
+    assert "auth     ok" in out and "who may write the lock" in out, out
+    assert "v3 served" in out and "cluster ?" not in out, out
+    refused = flavour == "etcd368"  # maintenance status is root's there
+    assert ("maintenance status refused" in out) == refused, out
+    code, out, err = admin(member, "--status")
+    assert (code, err) == (1, ""), out + err
+    assert "v3  free" in out, out
+    holder = spawn_user(member)
+    assert holder.status() == "0", holder.stderr()
+    code, out, err = admin(member, "--status")
+    assert (code, err) == (0, ""), out + err
+    assert "held by" in out and "pid %d" % holder.proc.pid in out, out
+    code, out, err = admin(member, "--check", "--json")
+    assert code == 0, out + err
+    assert json.loads(out)["ok"] is True
+    assert holder.terminate() == 0
+
+
 @pytest.mark.parametrize("flavour", NEWER_FLAVOURS + ["etcd368"])
 def test_wrong_password_is_one_line(auth_members, spawn_user, flavour):
     # 3.6 says {"code", "message"}, without "error".
@@ -265,3 +288,25 @@ def test_wrong_password_is_one_line(auth_members, spawn_user, flavour):
     lines = helper.stderr_lines()
     assert len(lines) == 1 and "authentication failed" in lines[0], lines
     assert member.url in lines[0] and "Traceback" not in lines[0], lines
+
+
+@pytest.mark.parametrize("flavour", NEWER_FLAVOURS + ["etcd368"])
+def test_user_takes_the_lock_of_a_3_member_cluster(tmp_path, spawn_user, flavour):
+    """Without expected_cluster_id, more than half of the listed members
+    must name their cluster: 3.5.28+ does that only with a token, and
+    3.6.0-3.6.11 only to root."""
+    cluster = start_cluster(flavour, str(tmp_path / "cluster"))
+    try:
+        add_lock_user(cluster, USER, PASSWORD)
+        cluster.v3("/auth/role/add", {"name": "root"})
+        cluster.v3("/auth/user/add", {"name": ROOT, "password": ROOT_PASSWORD})
+        cluster.v3("/auth/user/grant", {"user": ROOT, "role": "root"})
+        cluster.v3("/auth/enable", {})
+        holder = spawn_user(None, host=cluster.hosts())
+        assert holder.status() == "0", holder.stderr()
+        other = cluster.members[2:] + cluster.members[:2]
+        contention(spawn_user(None, host=cluster.hosts(other)))
+        assert holder.terminate() == 0
+        assert holder.stderr() == ""
+    finally:
+        cluster.stop()
