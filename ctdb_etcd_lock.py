@@ -1678,6 +1678,9 @@ class Transport:
         self._next_ask = 0  # asks of members not heard from go round the list
         self.unanswered = 0  # requests sent that went unanswered (they may act yet)
         self.without_v2 = {}  # member index -> its answer that it serves no v2
+        # The v3 lock's token, if it has one: etcd 3.5.28+ tells a member's
+        # cluster (maintenance status) only to an authenticated user.
+        self.token = None
         self._tls = None
         self._conn = None
         self._in_flight = []
@@ -1835,30 +1838,35 @@ class Transport:
 
     def ask_cluster(self, index, deadline):
         """Ask one member which cluster it belongs to (v3 maintenance/status,
-        which wants no credentials), on a connection of its own: the lock's
-        stays as it is.  The answer goes through check_cluster, so that a
-        member of another cluster raises.  False if none came in time."""
+        with the lock's token if it has one), on a connection of its own:
+        the lock's stays as it is.  The answer goes through check_cluster,
+        so that a member of another cluster raises.  False if none came in
+        time."""
         import json
         endpoint, addresses = self.members[index]
         if addresses is None:
             self.not_heard[endpoint.url] = "its name did not resolve"
             return False
         why = "no answer"
-        for prefix in ("/v3", "/v3beta"):  # etcd 3.4 and later, etcd 3.3
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = self.token
+        asks = [(prefix, "/maintenance/status", b"{}") for prefix in ("/v3", "/v3beta")]
+        while asks:  # /v3: etcd 3.4 and later; /v3beta: etcd 3.3
+            prefix, path, body = asks.pop(0)
             try:
-                status, headers, body = self._ask_alone(
-                    index, "POST", prefix + "/maintenance/status",
-                    {"Content-Type": "application/json"}, b"{}", deadline)
+                status, answer_headers, data = self._ask_alone(
+                    index, "POST", prefix + path, headers, body, deadline)
             except _NoTime:
                 why = "no answer in time"
                 break
             except (_Closed, ValueError, OSError) as e:
                 why = getattr(e, "strerror", None) or str(e) or "connection closed"
                 break
-            cluster_id, member_id = headers.get("x-etcd-cluster-id"), None
+            cluster_id, member_id = answer_headers.get("x-etcd-cluster-id"), None
             if status == 200:
                 try:
-                    header = json.loads(body.decode())["header"]
+                    header = json.loads(data.decode())["header"]
                     cluster_id, member_id = _hex(header["cluster_id"]), \
                         _int(header["member_id"])
                 except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
@@ -1867,7 +1875,13 @@ class Transport:
                 self.check_cluster(cluster_id, endpoint.url, member_id)
                 return True
             why = "HTTP %d without a cluster and member id" % status
-            if status != 404:
+            if status != 404 and self.token and path != "/kv/range":
+                # etcd 3.6.0-3.6.11 keep maintenance status to root: a read
+                # of the lock's key (from the member itself) names both ids.
+                asks = [(prefix, "/kv/range", json.dumps({
+                    "key": _b64(self.config.lock_key), "serializable": True,
+                    "count_only": True}).encode())]
+            elif status != 404:
                 break
         self.not_heard[endpoint.url] = why
         self.log.debug("no cluster id from %s: %s" % (endpoint.url, why))
@@ -1969,12 +1983,24 @@ class Transport:
         """What one member says of itself, for --check, filled into
         ``about``: its version, whether it serves v3 (and its cluster id)
         and v2.  TransportError or EtcdError if it does not answer."""
+        import json
         what = "the answer of %s" % self.members[index][0].url
         version = self.ask(index, "GET", "/version", deadline).json()
         about["version"] = _field(version, "etcdserver", str, what, None)
-        response = self.ask(index, "POST", "/v3/maintenance/status", deadline, body=b"{}")
-        about["v3"] = response.status == 200
-        if about["v3"]:
+        token = {"Authorization": self.token} if self.token else None
+        response = self.ask(index, "POST", "/v3/maintenance/status", deadline, body=b"{}",
+                            headers=token)
+        # Refused is served: with auth on, etcd 3.5.28+ tells it only to a
+        # user with a token, 3.6.0-3.6.11 only to root.
+        about["v3"] = response.status in (200, 400, 401, 403)
+        if response.status != 200 and about["v3"]:
+            about["status_refused"] = str(_field(response.json(), "message", str, what, "?"))
+            if token:  # a read of the lock's key (the member's own) names the cluster
+                response = self.ask(index, "POST", "/v3/kv/range", deadline, headers=token,
+                                    body=json.dumps({"key": _b64(self.config.lock_key),
+                                                     "serializable": True,
+                                                     "count_only": True}).encode())
+        if response.status == 200:
             header = _field(response.json(), "header", dict, what, {})
             about["cluster_id"] = _hex(_field(header, "cluster_id", "int64", what, 0))
         response = self.ask(index, "GET", self.config.version_prefix + "/keys/", deadline,
@@ -2359,8 +2385,10 @@ def _serves_no_v2(response):
 
 def _final(error):
     """An etcd error about the lock itself (4xx), not one that may pass
-    (5xx, 408 timeout, 429 too many requests)."""
-    return error.status is not None and error.status < 500 and error.status not in (408, 429)
+    (5xx, 408 timeout, 429 too many requests, a token older than a change to
+    users or roles)."""
+    return error.status is not None and error.status < 500 and \
+        error.status not in (408, 429) and "auth store is old" not in error.detail
 
 
 class V2Lock(Lock):
@@ -2648,6 +2676,7 @@ class V3Lock(Lock):
 
     api = "v3"
     PREFIXES = ("/v3", "/v3beta")  # etcd 3.4+, etcd 3.3
+    OLD_TOKEN_TRIES = 3  # new tokens for one request, each older than a change to users
 
     def __init__(self, transport, config, value, log, required=True):
         self.transport = transport
@@ -2670,16 +2699,38 @@ class V3Lock(Lock):
         import json
         if self.config.username and self.token is None:
             self._authenticate(deadline)
-        for attempt in (1, 2):
+        renewed = old = 0
+        while True:
             sent = self.transport.clock()
-            response = self.transport.request(
-                "POST", self.prefix + method, deadline, body=json.dumps(payload).encode(),
-                headers={"Authorization": self.token} if self.token else None, behind=behind)
+            try:
+                response = self.transport.request(
+                    "POST", self.prefix + method, deadline, body=json.dumps(payload).encode(),
+                    headers={"Authorization": self.token} if self.token else None,
+                    behind=behind)
+            except TransportError:
+                if not self.token or renewed:
+                    raise
+                # Some servers answer a stale token by closing the
+                # connection: once more with a new one.
+                renewed += 1
+                self.token = None
+                self._authenticate(deadline)
+                continue
             if response.status == 404 and method == "/lease/grant":
                 raise ApiNotServed(response.endpoint)
-            if response.status == 401 and self.token and attempt == 1:
+            if self.token and response.status == 401 and not renewed:
                 # Expired, or issued by another member (simple tokens are
                 # each member's own): once more with a new one.
+                renewed += 1
+                self.token = None
+                self._authenticate(deadline)
+                continue
+            if self.token and old < self.OLD_TOKEN_TRIES and \
+                    b"auth store is old" in response.body:
+                # Older than a change to users or roles (a JWT token carries
+                # the auth revision it was issued at; the admin may be making
+                # several): again with a new one.
+                old += 1
                 self.token = None
                 self._authenticate(deadline)
                 continue
@@ -2735,6 +2786,7 @@ class V3Lock(Lock):
         try:
             data = self._answer(response)
             self.token = _field(data, "token", str, "the token of %s" % response.endpoint, "")
+            self.transport.token = self.token
         except (AuthError, EtcdError) as e:
             if "authentication is not enabled" in e.detail:
                 self.token = ""
@@ -3295,6 +3347,17 @@ class Admin:
     def v2_lock(self):
         return V2Lock(self.transport, self.config, None, self.log)
 
+    def authenticate(self):
+        """A v3 token for the asks of each member, if the config has
+        credentials and etcd takes them; what fails is judged later."""
+        if self.config.username and self.config.api != "v2":
+            try:
+                lock = self.v3_lock()
+                if lock is not None:
+                    lock._authenticate(self.deadline())
+            except EtcdLockError as e:
+                self.log.debug("no v3 token: %s" % e)
+
     def look(self, api):
         """(the holder, the queue behind it) of the lock in api; None where
         etcd does not serve api."""
@@ -3362,6 +3425,7 @@ def check(config, log, as_json, out):
         judge("lock", "warning", "the lock's name %s comes from testparm's netbios name on "
               "this node; set lock_name in %s so that every node names the same lock"
               % (config.lock_name, config.file))
+    admin.authenticate()
     members = _check_members(admin, judge)
     if members:
         _check_apis(admin, judge, members)
@@ -3398,11 +3462,15 @@ def _check_members(admin, judge):
             judge("member", "warning", "%s: %s" % (endpoint.url, e), member=about)
             continue
         answered.append(about)
-        judge("member", "ok", "%s: etcd %s, cluster %s, v3 %s, v2 %s%s" % (
+        judge("member", "ok", "%s: etcd %s, cluster %s, v3 %s, v2 %s%s%s" % (
             endpoint.url, about.get("version"), about.get("cluster_id", "?"),
             "served" if about["v3"] else "not served",
             "served" if about["v2"] else "not served",
-            ", TLS verified" if endpoint.scheme == "https" else ""), member=about)
+            ", TLS verified" if endpoint.scheme == "https" else "",
+            "" if "status_refused" not in about else
+            " (maintenance status refused: %s; %s)" % (
+                about["status_refused"], "the cluster from a read of the lock's key"
+                if "cluster_id" in about else "cluster unknown")), member=about)
     if not answered:
         judge("members", "error", "no member answered; check the members in %s"
               % config.file)

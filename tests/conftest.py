@@ -15,7 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "lib"))
 sys.path.insert(0, ROOT)
-from etcdmember import FLAVOURS, read_text, start_etcd, wait_for  # noqa: E402
+from etcdmember import MAIN_FLAVOURS, read_text, start_etcd, wait_for  # noqa: E402
 from delayproxy import DelayProxy  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def etcd_members(tmp_path_factory):
         member.stop()
 
 
-@pytest.fixture(params=sorted(FLAVOURS))
+@pytest.fixture(params=MAIN_FLAVOURS)
 def etcd(request, etcd_members):
     """The shared member of each flavour in turn (tests use their own lock names)."""
     return etcd_members(request.param)
@@ -86,7 +86,7 @@ def the_case_member(case_etcd):
     return case_etcd
 
 
-@pytest.fixture(params=sorted(FLAVOURS))
+@pytest.fixture(params=MAIN_FLAVOURS)
 def own_etcd(request, tmp_path):
     """A member of each flavour for this test alone (to pause or stop it)."""
     member = start_etcd(request.param, str(tmp_path))

@@ -265,15 +265,17 @@ def test_password_file_readable_by_others_warns(auth_members, spawn_auth, key, m
 
 class BlippingGateway:
     """Tokens die after each keepalive; the second authenticate answers 503
-    (no leader) once.  Just enough of the gateway to take and hold a lock."""
+    (no leader) once.  Just enough of the gateway to take and hold a lock.
+    ``stale_closes``: a stale token is answered by closing the connection
+    (as some servers do) instead of 401, and no authenticate fails."""
 
     HEADER = {"cluster_id": "4660", "member_id": "1", "revision": "10"}
 
-    def __init__(self):
+    def __init__(self, stale_closes=False):
         import http.server
         import socketserver
         import threading
-        state = {"authenticated": 0, "token": None, "kv": None}
+        state = {"authenticated": 0, "token": None, "kv": None, "closed": 0}
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -294,11 +296,15 @@ class BlippingGateway:
                 header, path = outer.HEADER, self.path
                 if path == "/v3/auth/authenticate":
                     state["authenticated"] += 1
-                    if state["authenticated"] == 2:
+                    if state["authenticated"] == 2 and not stale_closes:
                         return self.answer(503, {"code": 14, "message": "etcdserver: no leader"})
                     state["token"] = "token-%d" % state["authenticated"]
                     return self.answer(200, {"header": header, "token": state["token"]})
                 if self.headers.get("Authorization") != state["token"]:
+                    if stale_closes:
+                        state["closed"] += 1
+                        self.close_connection = True
+                        return None
                     return self.answer(401, {"code": 16,
                                              "message": "etcdserver: invalid auth token"})
                 if path == "/v3/lease/grant":
@@ -338,6 +344,24 @@ def test_no_leader_while_getting_a_new_token_is_retried(spawn_auth):
             assert holder.running(), holder.stderr()
             time.sleep(0.1)
         assert gateway.state["authenticated"] >= 3, gateway.state
+        assert "lock lost" not in holder.stderr(), holder.stderr()
+        assert holder.terminate() == 0
+    finally:
+        gateway.close()
+
+
+def test_stale_token_answered_by_a_closed_connection_means_a_new_token(spawn_auth):
+    gateway = BlippingGateway(stale_closes=True)
+    try:
+        holder = spawn_auth(port=gateway.port, api="v3", args=("-v",), username="root",
+                            password=PASSWORD)
+        assert holder.status() == "0", holder.stderr()
+        deadline = time.monotonic() + 4  # past the TTL (3 s), each refresh on a new token
+        while time.monotonic() < deadline:
+            assert holder.running(), holder.stderr()
+            time.sleep(0.1)
+        assert gateway.state["closed"] >= 3, gateway.state
+        assert gateway.state["authenticated"] >= 4, gateway.state
         assert "lock lost" not in holder.stderr(), holder.stderr()
         assert holder.terminate() == 0
     finally:

@@ -331,6 +331,74 @@ def test_v3_refresh_lost(v3, keepalive, found, words, keeps_revision):
     v3.release(1008)
 
 
+OLD_TOKEN = (400, {"code": 3, "message": "etcdserver: revision of auth store is old"})
+
+
+def token(name):
+    return (200, {"header": HEADER, "token": name})
+
+
+@pytest.fixture
+def v3_user(scripted, fake_log):
+    """A v3 lock with credentials, holding on token "t1"."""
+    lock = ctdb_etcd_lock.V3Lock(scripted(), fast_config(api="v3", username="ctdb",
+                                                         password="pw"), OURS, fake_log)
+    lock.transport.expect("POST", "/v3/auth/authenticate", token("t1"))
+    held_v3(lock)
+    return lock
+
+
+def test_v3_token_older_than_a_change_to_users_gets_new_ones(v3_user):
+    keepalive = (200, {"result": {"header": HEADER, "TTL": "9"}})
+    for answer in (OLD_TOKEN, token("t2"), OLD_TOKEN, token("t3"), keepalive):
+        v3_user.transport.expect("POST", "/v3/", answer)
+    v3_user.transport.expect("POST", "/v3/kv/range", (200, {"header": HEADER, "kvs": [kv()]}))
+    assert v3_user.refresh(1008) == 1000 + TTL
+    sent = [(c.path, (c.headers or {}).get("Authorization")) for c in v3_user.transport.calls]
+    assert sent[-6:] == [("/v3/lease/keepalive", "t1"), ("/v3/auth/authenticate", None),
+                         ("/v3/lease/keepalive", "t2"), ("/v3/auth/authenticate", None),
+                         ("/v3/lease/keepalive", "t3"), ("/v3/kv/range", "t3")]
+    assert v3_user.transport.token == "t3"  # for asking members their cluster
+
+
+def test_v3_token_old_again_and_again_is_no_word_about_the_lock(v3_user):
+    for answer in (OLD_TOKEN, token("t2"), OLD_TOKEN, token("t3"), OLD_TOKEN, token("t4"),
+                   OLD_TOKEN):
+        v3_user.transport.expect("POST", "/v3/", answer)
+    with pytest.raises(EtcdError) as refused:
+        v3_user.refresh(1008)
+    assert not ctdb_etcd_lock._final(refused.value)  # retried until the fence
+
+
+def test_v3_connection_closed_on_a_token_gets_a_new_one_once(v3_user):
+    closed = TransportError("127.0.0.1 closed the connection without an answer")
+    keepalive = (200, {"result": {"header": HEADER, "TTL": "9"}})
+    for answer in (closed, token("t2"), keepalive):
+        v3_user.transport.expect("POST", "/v3/", answer)
+    v3_user.transport.expect("POST", "/v3/kv/range", (200, {"header": HEADER, "kvs": [kv()]}))
+    assert v3_user.refresh(1008) == 1000 + TTL
+    for answer in (closed, token("t3"), closed):  # not a token matter: no more tries
+        v3_user.transport.expect("POST", "/v3/", answer)
+    with pytest.raises(TransportError):
+        v3_user.refresh(1008)
+
+
+@pytest.mark.parametrize("error", [
+    {"grpc_code": 2, "http_code": 500, "message": "not a primary lessor",
+     "http_status": "Internal Server Error"},  # 3.4, 3.5
+    {"code": 2, "message": "not a primary lessor"},  # 3.6, 3.7
+], ids=["3.5", "3.6"])
+def test_v3_keepalive_while_the_leader_is_lost_may_pass(v3, error):
+    # A member that lost its leadership (or an unmapped error: gRPC's
+    # Unknown) answers 500: another member, or the next refresh, may do.
+    held_v3(v3)
+    v3.transport.expect("POST", "/v3/lease/keepalive", (500, {"error": error}))
+    with pytest.raises(EtcdError) as refused:
+        v3.refresh(1008)
+    assert not ctdb_etcd_lock._final(refused.value)
+    assert "not a primary lessor" in str(refused.value)
+
+
 def test_v3_release_compares_revision_and_value_then_revokes_behind(v3):
     held_v3(v3)
     v3.transport.expect("POST", "/v3/kv/txn", PUT)

@@ -79,6 +79,7 @@ class Certs:
     mismatch         signed by ca, names neither 127.0.0.1 nor localhost
     expired          like server, valid only 2020-01-01..02
     client           a client certificate (CN=root) signed by ca
+    jwt_key, jwt_pub an EC P-256 key pair for etcd's JWT tokens (jwt_arguments)
     """
 
 
@@ -146,7 +147,20 @@ def make_certs(directory):
     certs.expired = leaf("expired", "/CN=etcd test server", "IP:127.0.0.1,DNS:localhost",
                          ("20200101000000Z", "20200102000000Z"))
     certs.client = leaf("client", "/CN=root", None)
+    certs.jwt_key, certs.jwt_pub = (os.path.join(directory, name) for name in ("jwt.key",
+                                                                               "jwt.pub"))
+    _openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-out", certs.jwt_key, cwd=directory)
+    _openssl("pkey", "-in", certs.jwt_key, "-pubout", "-out", certs.jwt_pub, cwd=directory)
     return certs
+
+
+def jwt_arguments(certs):
+    """etcd's arguments for JWT tokens: each carries the auth revision it was
+    issued at, so a change to users or roles makes it old at once (simple
+    tokens take the current one)."""
+    return ["--auth-token", "jwt,pub-key=%s,priv-key=%s,sign-method=ES256" % (
+        certs.jwt_pub, certs.jwt_key)]
 
 
 _made = {}
@@ -239,13 +253,15 @@ class SecureEtcd(Etcd):
         if self.v2_auth and path.startswith("/v2/"):
             headers["Authorization"] = basic(*self.v2_auth)
         v3 = self.v3_auth and path.startswith("/v3/") and path != "/v3/auth/authenticate"
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3, 4):
             if v3:
                 headers["Authorization"] = self.auth_token or self.authenticate()
             status, data = self.raw(method, path, body, headers, timeout)
-            if not (v3 and status == 401 and attempt == 1):
+            if not (v3 and attempt < 4 and (status == 401 or b"auth store is old" in data)):
                 return status, data
-            self.auth_token = None  # expired (--auth-token-ttl): once more with a new one
+            # Expired (--auth-token-ttl), or a JWT token older than a change
+            # to users or roles: once more with a new one.
+            self.auth_token = None
 
 
 def basic(user, password):
@@ -253,8 +269,8 @@ def basic(user, password):
 
 
 def start_secure_etcd(flavour, workdir, **options):
-    suite, v2 = FLAVOURS[flavour]
-    return SecureEtcd(fetch_etcd.etcd_binary(suite), v2, str(workdir), **options).start()
+    which, v2 = FLAVOURS[flavour]
+    return SecureEtcd(fetch_etcd.etcd_binary(which), v2, str(workdir), **options).start()
 
 
 def enable_v3_auth(member, user, password):
@@ -265,6 +281,19 @@ def enable_v3_auth(member, user, password):
     member.v3("/auth/enable", {})
     member.v3_auth = (user, password)
     member.auth_token = None
+
+
+def add_lock_user(member, user, password, prefix="/_locks/_ctdb/"):
+    """A user (before or after auth is on) whose role may read and write the
+    keys under prefix, and nothing else: what an admin gives CTDB's nodes."""
+    def b64(text):
+        return base64.b64encode(text.encode()).decode()
+    member.v3("/auth/role/add", {"name": user})
+    member.v3("/auth/role/grant", {"name": user, "perm": {
+        "permType": "READWRITE", "key": b64(prefix),
+        "range_end": b64(prefix[:-1] + chr(ord(prefix[-1]) + 1))}})
+    member.v3("/auth/user/add", {"name": user, "password": password})
+    member.v3("/auth/user/grant", {"user": user, "role": user})
 
 
 def enable_v2_auth(member, user, password):

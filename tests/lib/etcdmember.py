@@ -3,8 +3,15 @@ ports in a directory of its own, look at what it holds, pause it, stop it;
 or start a cluster of several members and do the same through any of them.
 
 Flavours (whichever is not the system's etcd-server comes from fetch_etcd):
-    etcd34  Debian 12's etcd 3.4, with --enable-v2 (v2 and v3 served)
-    etcd35  Debian 13's etcd 3.5, v2 off as by default (v3 only)
+    etcd34     Debian 12's etcd 3.4, with --enable-v2 (v2 and v3 served)
+    etcd35     Debian 13's etcd 3.5, v2 off as by default (v3 only)
+    etcd35new  the newest etcd 3.5 (at least 3.5.28), built from Go modules (v3 only)
+    etcd36     the newest etcd 3.6, built (no v2 at all: --enable-v2 stops it)
+    etcd37     the newest etcd 3.7, built (no v2)
+    etcd368    etcd 3.6.8, built: one of the 3.6 releases (3.6.0-3.6.11) that refuse
+               /v3/maintenance/status to users without the root role
+MAIN_FLAVOURS, Debian's, are those the suite's parametrized tests run on;
+NEWER_FLAVOURS those tests/test_versions.py runs the cheap behaviours on.
 
     start_etcd(flavour, workdir)            -> Etcd, one member of its own cluster
     start_cluster(flavour, workdir, size=3) -> Cluster of `size` members
@@ -25,8 +32,12 @@ import uuid
 
 import fetch_etcd
 
-# flavour -> (Debian suite, v2 on)
-FLAVOURS = {"etcd34": ("bookworm", True), "etcd35": ("trixie", False)}
+# flavour -> (what fetch_etcd fetches: a Debian suite or an etcd line, v2 on)
+FLAVOURS = {"etcd34": ("bookworm", True), "etcd35": ("trixie", False),
+            "etcd35new": ("3.5", False), "etcd36": ("3.6", False), "etcd37": ("3.7", False),
+            "etcd368": ("3.6.8", False)}
+MAIN_FLAVOURS = ["etcd34", "etcd35"]
+NEWER_FLAVOURS = ["etcd35new", "etcd36", "etcd37"]
 
 
 def wait_for(predicate, timeout, what):
@@ -266,8 +277,8 @@ def start_etcd(flavour, workdir, v2=None, built_alike=False):
     name, peer URL and cluster token, so that every member so started has
     the same cluster id and member id, as strays set up from a package's
     defaults do."""
-    suite, default_v2 = FLAVOURS[flavour]
-    binary = fetch_etcd.etcd_binary(suite)
+    which, default_v2 = FLAVOURS[flavour]
+    binary = fetch_etcd.etcd_binary(which)
     member = Etcd(binary, default_v2 if v2 is None else v2, workdir)
     member.built_alike = built_alike
     return member.start()
@@ -450,8 +461,8 @@ def start_cluster(flavour, workdir, size=3, v2=None, heartbeat_ms=50, election_m
 
     The election timeout is half etcd's default (1000 ms): the tests hold
     3-second locks, and a leader's loss must be over well within one."""
-    suite, default_v2 = FLAVOURS[flavour]
-    binary = fetch_etcd.etcd_binary(suite)
+    which, default_v2 = FLAVOURS[flavour]
+    binary = fetch_etcd.etcd_binary(which)
     v2 = default_v2 if v2 is None else v2
     serves_v2 = v2 if isinstance(v2, (list, tuple)) else [v2] * size
     for attempt in range(3):

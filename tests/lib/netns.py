@@ -446,8 +446,8 @@ class Run:
     def start(self):
         import fetch_etcd
         from etcdmember import FLAVOURS
-        suite, v2 = FLAVOURS[self.args.flavour]
-        binary = fetch_etcd.etcd_binary(suite)
+        which, v2 = FLAVOURS[self.args.flavour]
+        binary = fetch_etcd.etcd_binary(which)
         self.event("run", flavour=self.args.flavour, api=self.args.api,
                    lock_ttl=self.args.lock_ttl, seed=self.args.seed, minutes=self.args.minutes,
                    free_limit=self.args.free_limit, prompt_fence=PROMPT_FENCE,
