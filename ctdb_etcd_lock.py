@@ -79,7 +79,7 @@ Settings (file $CTDB_BASE/etcd, ``key = value``; defaults in brackets):
     username  password  version_prefix [/v2]  read_timeout [60]
     lock_ttl [9]  refresh [2] (alias: lock_refresh)  locks_dir [_ctdb]
     lock_name [Samba's netbios name]  api [auto]  expected_cluster_id
-    handover_wait [3]
+    handover_wait [lock_ttl, at most 100]
 """
 
 import os
@@ -107,6 +107,10 @@ STATUS_ERROR = b"3"
 
 # The lock is given up this share of lock_ttl before it could expire.
 FENCE_SHARE = 0.1
+
+# The longest handover wait: ctdbd's recovery daemon gives its helper 120 s
+# to take the lock, and taking it after the wait needs time too.
+HANDOVER_WAIT_MAX = 100
 
 
 # ---------------------------------------------------------------------------
@@ -556,9 +560,9 @@ SETTINGS = {
     # Seconds between refreshes (the original's code read lock_refresh).
     "refresh": Setting(2.0, _seconds(0.1)),
     # The longest a contender waits for a holder whose lock is running out
-    # (it missed its refreshes) before it says '1'; 0: never wait.  ctdbd
-    # gives the check at the end of a recovery 5 s in all.
-    "handover_wait": Setting(3.0, _seconds(0, 4)),
+    # (it missed its refreshes) before it says '1'; 0: never wait.  Unset:
+    # lock_ttl, all a dead holder's lock can have left (see take()).
+    "handover_wait": Setting(None, _seconds(0, HANDOVER_WAIT_MAX)),
     # The lock is /_locks/<locks_dir>/<lock_name>; the name defaults to
     # Samba's netbios name.
     "locks_dir": Setting("_ctdb", _path_segments("locks_dir", True)),
@@ -595,6 +599,8 @@ class Config:
                  name_lock=None):
         for name, setting in SETTINGS.items():
             setattr(self, name, values.get(name, setting.default))
+        if self.handover_wait is None:
+            self.handover_wait = float(min(self.lock_ttl, HANDOVER_WAIT_MAX))
         self.source = source
         self.lines = dict(lines or {})
         self.lock_name_from = "lock_name" if self.lock_name else None
