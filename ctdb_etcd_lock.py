@@ -79,7 +79,7 @@ Settings (file $CTDB_BASE/etcd, ``key = value``; defaults in brackets):
     username  password  version_prefix [/v2]  read_timeout [60]
     lock_ttl [9]  refresh [2] (alias: lock_refresh)  locks_dir [_ctdb]
     lock_name [Samba's netbios name]  api [auto]  expected_cluster_id
-    handover_wait [3]
+    handover_wait [lock_ttl, at most 100]
 """
 
 import os
@@ -107,6 +107,10 @@ STATUS_ERROR = b"3"
 
 # The lock is given up this share of lock_ttl before it could expire.
 FENCE_SHARE = 0.1
+
+# The longest handover wait: ctdbd's recovery daemon gives its helper 120 s
+# to take the lock, and taking it after the wait needs time too.
+HANDOVER_WAIT_MAX = 100
 
 
 # ---------------------------------------------------------------------------
@@ -556,9 +560,9 @@ SETTINGS = {
     # Seconds between refreshes (the original's code read lock_refresh).
     "refresh": Setting(2.0, _seconds(0.1)),
     # The longest a contender waits for a holder whose lock is running out
-    # (it missed its refreshes) before it says '1'; 0: never wait.  ctdbd
-    # gives the check at the end of a recovery 5 s in all.
-    "handover_wait": Setting(3.0, _seconds(0, 4)),
+    # (it missed its refreshes) before it says '1'; 0: never wait.  Unset:
+    # lock_ttl, all a dead holder's lock can have left (see take()).
+    "handover_wait": Setting(None, _seconds(0, HANDOVER_WAIT_MAX)),
     # The lock is /_locks/<locks_dir>/<lock_name>; the name defaults to
     # Samba's netbios name.
     "locks_dir": Setting("_ctdb", _path_segments("locks_dir", True)),
@@ -595,6 +599,8 @@ class Config:
                  name_lock=None):
         for name, setting in SETTINGS.items():
             setattr(self, name, values.get(name, setting.default))
+        if self.handover_wait is None:
+            self.handover_wait = float(min(self.lock_ttl, HANDOVER_WAIT_MAX))
         self.source = source
         self.lines = dict(lines or {})
         self.lock_name_from = "lock_name" if self.lock_name else None
@@ -2433,6 +2439,8 @@ class V2Lock(Lock):
         self.index = None  # our entry's modifiedIndex, as last seen
         self.index_sent = None  # the first send of a refresh that carried it
         self.former = []  # our values of earlier tries: entries of theirs are ours to remove
+        self.posted_at = 0  # transport.unanswered when this try's POST went out
+        self.late = False  # a send of a POST went unanswered: it may yet queue an entry
         self.headers = {}
         if config.username:  # v2 authenticates every request
             import base64
@@ -2509,7 +2517,7 @@ class V2Lock(Lock):
         #    another member): every entry with our value is ours, and the
         #    first of them is the one that counts.
         self.posted = True  # from here on, an entry of ours may stand there
-        unanswered = self.transport.unanswered
+        unanswered = self.posted_at = self.transport.unanswered
         try:
             sent, node = self._request("POST", self.url, deadline,
                                        {"value": self.value, "ttl": self.ttl})
@@ -2612,31 +2620,37 @@ class V2Lock(Lock):
         return node
 
     def release(self, deadline):
+        keys = [self.entry] if self.entry is not None else []
         if self.entry is None and self.posted:
             # Our POST went out and we stopped waiting for its answer (a
-            # signal came): that answer names our entry.  Looking for it
-            # instead could come before the POST is applied.
+            # signal came): the answers of its sends name our entries --
+            # each send may have queued one.  Looking for them instead could
+            # come before the POST is applied.
             clock = self.transport.clock
             for response in self.transport.answers_in_flight(clock() + (deadline - clock()) / 2):
                 try:
                     node = self._node(response)
                 except EtcdLockError:
                     continue
-                if node.value == self.value:
-                    self.entry = node.key
-        if self.entry is not None:
+                if node.value == self.value and node.key not in keys:
+                    keys.append(node.key)
+        for key in keys:
             # Behind any refresh still in flight, which would extend the entry.
-            self._delete(self.entry, deadline, behind=True)
-        if self.posted and (self.entry is None or self.resent):
-            # A POST of ours whose answer did not come back may have queued
-            # an entry all the same: find them by our value.
+            self._delete(key, deadline, behind=True)
+        if self.posted:
+            self.late = self.late or self.transport.unanswered > self.posted_at
+        if (self.posted and (self.entry is None or self.resent)) or self.late:
+            # A send of a POST of ours whose answer did not come back may
+            # have queued an entry all the same, now or since we last
+            # looked (the last look is at our exit): find them by value.
             try:
                 entries = self.entries(deadline)
             except ApiNotServed:  # nobody that answered serves v2: none of ours
                 entries = []
+            mine = [self.value] + self.former
             for entry in entries:
-                if entry.value == self.value and entry.key != self.entry:
-                    self._delete(entry.key, deadline)
+                if entry.value in mine and entry.key not in keys:
+                    self._delete(entry.key, deadline, value=entry.value)
         self.entry, self.posted = None, False
 
     def _delete(self, key, deadline, behind=False, value=None):
@@ -2963,6 +2977,7 @@ class LockSet(Lock):
         self.candidates = locks
         self.transport = locks[0].transport
         self.held = []
+        self.skipped = []  # their API not served: only a lost answer could have left ours
         self.log = log
         self.api = "+".join(lock.api for lock in locks)
         self._next_v2_ask = 0
@@ -3008,6 +3023,7 @@ class LockSet(Lock):
                 if lock.required:
                     raise
                 self.log.info("skipping the %s lock: %s" % (lock.api, e))
+                self.skipped.append(lock)
                 continue
             except LockContended as e:
                 # What the others took goes back too, in what is left of the
@@ -3030,14 +3046,23 @@ class LockSet(Lock):
         return min(lock.refresh(deadline) for lock in self.held)
 
     def release(self, deadline):
-        # Every candidate: one whose answer was lost may be ours all the same.
+        # Every candidate: one whose answer was lost may be ours all the
+        # same.  What we hold goes back first, and a skipped lock's look for
+        # what a lost answer may have left comes last, in what time is left:
+        # it must not cost a held lock its give-back, nor pass for its failure.
         errors = []
-        for lock in reversed(self.candidates):
+        order = sorted(reversed(self.candidates), key=lambda lock: (
+            lock not in self.held, lock in self.skipped))
+        for lock in order:
             try:
                 lock.release(deadline)
             except EtcdLockError as e:
-                errors.append(e)
-        self.held = []
+                if lock in self.skipped:
+                    self.log.info("could not look for an entry of the skipped %s lock: %s; "
+                                  "any there expires by its TTL" % (lock.api, e))
+                else:
+                    errors.append(e)
+        self.held, self.skipped = [], []
         if errors:
             raise errors[0]
 

@@ -1,6 +1,9 @@
 """Three real ctdbd daemons keep their cluster lock with the helper, in etcd,
 while their nodes, their helpers and etcd fail under them: ctdb 4.17 (this
-host's) and 4.22 (in a Debian 13 root), as ctdbd really runs the helper.
+host's), and in Debian roots (tests/lib/make_ctdb_root.sh) Debian 13's 4.22,
+the backports' (4.24 when this was written) and unstable's (4.25), as ctdbd
+really runs the helper.  Test ids name the version the root holds
+(``4.24-auto``; the suite while the root is not built: ``sid-auto``).
 
 One cluster per CTDB version and api goes through every scenario in turn,
 ordered so that no node needs to be started again (a node rejoining waits
@@ -20,32 +23,43 @@ lock, that testing the lock failed with an unexpected status, or holds a
 traceback.  Times are safety limits from the kill, not speed assertions.
 """
 
+import os
 import time
 
 import pytest
 
-from ctdbnodes import CtdbCluster, alive, ctdb_version, trixie_root
+from ctdbnodes import SUITES, CtdbCluster, alive, ctdb_root, ctdb_version, suite_root_path
 from etcdmember import start_etcd, wait_for
 
 LOCK_TTL = 4
 REFRESH = 1
 HEALTHY = 45  # seconds for a (re)started node to be OK and the cluster NORMAL
 
-# (CTDB version, api); "host" is whichever ctdbd this machine has.
-CASES = [("4.17", "auto"), ("4.22", "auto"), ("host", "v2"), ("host", "v3")]
+# (where ctdbd comes from, api): "4.17" and "host" are this machine's ctdbd,
+# a Debian suite the root make_ctdb_root.sh builds of it.
+CASES = [("4.17", "auto"), ("trixie", "auto"), ("trixie-backports", "auto"), ("sid", "auto"),
+         ("host", "v2"), ("host", "v3")]
 HOST_VERSION = ctdb_version("/")
 
 
-@pytest.fixture(params=CASES, ids=["-".join(case) for case in CASES])
+def case_id(case):
+    """'4.24-auto': the version in a suite's root, once built."""
+    where, api = case
+    if where in SUITES and os.path.exists(suite_root_path(where) + ".complete"):
+        where = ctdb_version(suite_root_path(where))
+    return "%s-%s" % (where, api)
+
+
+@pytest.fixture(params=CASES, ids=[case_id(case) for case in CASES])
 def cluster(request, tmp_path):
-    version, api = request.param
+    where, api = request.param
     root = "/"
-    if version not in ("host", HOST_VERSION):
-        if version != "4.22":
-            pytest.skip("ctdb %s is Debian 12's; this host has %s" % (version, HOST_VERSION))
-        root, why_not = trixie_root()
+    if where in SUITES:
+        root, why_not = ctdb_root(where)
         if root is None:
             pytest.skip(why_not)
+    elif where not in ("host", HOST_VERSION):
+        pytest.skip("ctdb %s is Debian 12's; this host has %s" % (where, HOST_VERSION))
     # v3 alone on etcd 3.5 (no v2 there); auto and v2 on 3.4, which serves both.
     (tmp_path / "etcd").mkdir()
     etcd = start_etcd("etcd35" if api == "v3" else "etcd34", str(tmp_path / "etcd"))
@@ -53,7 +67,8 @@ def cluster(request, tmp_path):
     try:
         nodes = CtdbCluster(str(tmp_path), etcd, {"lock_ttl": LOCK_TTL, "refresh": REFRESH,
                                                   "api": api}, root=root).setup()
-        assert version in ("host", nodes.version), (nodes.version, version)
+        if where not in SUITES:
+            assert where in ("host", nodes.version), (nodes.version, where)
         yield nodes
     finally:
         if nodes is not None:

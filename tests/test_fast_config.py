@@ -102,6 +102,16 @@ def test_unknown_setting_is_a_warning_naming_its_line(tmp_path):
     assert config.lock_ttl == 9
 
 
+@pytest.mark.parametrize("text, wait", [
+    ("", 9.0), ("lock_ttl = 4", 4.0), ("lock_ttl = 3600", 100.0),
+    ("lock_ttl = 3600\nhandover_wait = 0", 0.0), ("handover_wait = 2.5", 2.5),
+])
+def test_handover_wait_is_lock_ttl_unless_set(tmp_path, text, wait):
+    """Unset, the wait covers all a dead holder's lock can have left, within
+    the 120 s ctdbd's recovery daemon gives its helper."""
+    assert read(tmp_path, text + "\n").handover_wait == wait
+
+
 def test_missing_file(tmp_path):
     assert read_config(str(tmp_path / "absent"), required=False).lock_ttl == 9
     with pytest.raises(ConfigError, match="does not exist; create it or fix -c"):
@@ -120,7 +130,7 @@ def test_missing_file(tmp_path):
     ("api = v4", 1, "bad api: 'v4' is not one of auto, v2, v3"),
     ("refresh = 0.05", 1, "bad refresh: '0.05' must be at least 0.1 seconds"),
     ("refresh = inf", 1, "bad refresh: 'inf' must be at least 0.1 seconds"),
-    ("handover_wait = 5", 1, "bad handover_wait: '5' must be at most 4 seconds"),
+    ("handover_wait = 101", 1, "bad handover_wait: '101' must be at most 100 seconds"),
     ("host = http://etcd", 1, "no http:// (URLs go in endpoints)"),
     ("host = ((1, 2, 3),)", 1, "is not a tuple of (host, port) pairs"),
     ("version_prefix = v2", 1, "must be a URL path such as /v2"),

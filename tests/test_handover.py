@@ -94,6 +94,25 @@ def test_dead_holder_is_taken_at_expiry(etcd, api, spawn, key):
     assert other.terminate() == 0
 
 
+def test_by_default_the_wait_covers_all_a_dead_holders_lock_has_left(etcd, api, spawn, key):
+    """handover_wait unset is lock_ttl: a contender that meets a dead
+    holder's lock with 4 to 6 s left (more than the old default of 3 s
+    covered) waits it out and takes it, rather than costing ctdbd an
+    election."""
+    settings = {"lock_ttl": 9, "refresh": 1}
+    holder = spawn(etcd, api=api, **settings)
+    assert holder.status() == "0"
+    holder.proc.kill()
+    holder.wait()
+    wait_for(lambda: (etcd.left(where(api), key) or 99) <= 5, 15,
+             "the holder's lock to run down to about 5 s")
+    other = spawn(etcd, api=api, args=("-vv",), **settings)
+    assert other.status(timeout=12) == "0", other.stderr()
+    assert "waiting up to 9.0 s" in other.stderr(), other.stderr()
+    assert "pid=%d" % other.proc.pid in etcd.value(where(api), key)
+    assert other.terminate() == 0
+
+
 @each_kind
 def test_slow_holder_that_refreshes_means_1(etcd, api, spawn, key):
     holder = spawn(etcd, api=api, **SETTINGS)

@@ -1,7 +1,7 @@
 """Packages: make dist (the release tarball), make deb (the Debian package,
 with no lintian error) and make rpm, each built from this checkout; and the
 Debian package at work in a Debian 13 root with Debian's ctdb 4.22 (an
-overlay on the cached root of tests/lib/make_trixie_root.sh, which stays as
+overlay on the cached root of tests/lib/make_ctdb_root.sh, which stays as
 it was): it takes over ctdb's helper and man page with dpkg-divert, the real
 ctdbd takes the lock through it, ctdb installed or reinstalled leaves it in
 place, and removing it gives ctdb's files back byte for byte."""
@@ -118,7 +118,7 @@ def test_dist_holds_every_tracked_file_as_it_is(distdir, tmp_path):
     names = {m.name[len(PREFIX):] for m in members}
     for needed in ("ctdb_etcd_lock.py", "ctdb-etcd.7", "ctdb-etcd.conf.example", "Makefile",
                    "LICENSE", "README.md", "NEWS", "tests/run", "tests/conftest.py",
-                   "tests/lib/etcdmember.py", "tests/lib/make_trixie_root.sh",
+                   "tests/lib/etcdmember.py", "tests/lib/make_ctdb_root.sh",
                    "packaging/build", "packaging/debian/control", "packaging/debian/rules",
                    "packaging/rpm/%s.spec" % NAME):
         assert needed in names, needed
@@ -214,7 +214,7 @@ class Debian13:
         subprocess.run(["umount", "-l", self.root])
 
     def run(self, *argv, check=True):
-        """argv in the root (as make_trixie_root.sh runs apt there); output."""
+        """argv in the root (as make_ctdb_root.sh runs apt there); output."""
         done = subprocess.run(
             ["chroot", self.root, "/usr/bin/env", "-i", "PATH=" + CLEAN_PATH, "HOME=/root",
              "LANG=C.UTF-8", "DEBIAN_FRONTEND=noninteractive"] + list(argv),
@@ -304,7 +304,7 @@ def originals_back(root, originals):
 
 def test_deb_takes_ctdbs_path_over_and_gives_it_back(deb, debian13, etcd34, tmp_path):
     root = debian13
-    # Debian's ctdb, as make_trixie_root.sh installed it.
+    # Debian's ctdb, as make_ctdb_root.sh installed it.
     before = {path: root.sha256(path) for path in DIVERTED}
     assert None not in before.values()
 

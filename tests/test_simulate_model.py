@@ -95,6 +95,7 @@ class Asker:
 
     who = "difftest"
     done = False  # a running helper (its late POSTs count)
+    last_look = 0.0
 
     class node:  # noqa: N801 - a node whose contender is never cut off here
         @staticmethod

@@ -3,6 +3,7 @@ member hands to the leader late, and members that disagree on serving v2
 (as during a rolling change of --enable-v2)."""
 
 import json
+import signal
 import subprocess
 import time
 
@@ -186,3 +187,86 @@ def test_a_v2_post_whose_answer_did_not_come_is_given_back(mixed_v2_cluster, del
     assert "skipping the v2 lock" in auto.stderr()
     assert auto.terminate() == 0, auto.stderr()
     assert "pid=%d" % auto.proc.pid not in (m0.v2_value(key) or ""), auto.stderr()
+
+
+@pytest.fixture(scope="module")
+def no_v2_cluster(tmp_path_factory):
+    """Three etcd 3.4 members, none serving v2 (etcd 3.5's default)."""
+    cluster = start_cluster("etcd34", str(tmp_path_factory.mktemp("nov2")),
+                            v2=[False, False, False])
+    yield cluster
+    cluster.stop()
+
+
+def test_a_skipped_v2_lock_does_not_hold_up_the_v3_give_back(no_v2_cluster, delay_proxy,
+                                                             spawn, key):
+    """Found by the adversarial review: an auto helper whose v2 POST one
+    member left unanswered (the others refused v2) looked for a v2 entry
+    of its own first at release, on that member, spending the release's
+    time before the v3 lock it held went back, and said it could not
+    release.  The held lock goes back first; the look after is quiet."""
+    m0, m1, m2 = no_v2_cluster.members
+    to_m0 = delay_proxy(m0.port)
+    to_m0.back_delay = 30  # m0's answers do not come back in time
+    hosts = "127.0.0.1:%d,127.0.0.1:%d,127.0.0.1:%d" % (m1.port, m2.port, to_m0.port)
+    auto = spawn(host=hosts, port=None, api="auto", lock_ttl=10, refresh=2, read_timeout=2)
+    assert auto.status(timeout=30) == "0", auto.stderr()
+    assert "skipping the v2 lock" in auto.stderr()
+    auto.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: m1.v3_value(key) is None, 1, "the v3 lock to go back at once")
+    assert auto.wait() == 0
+    assert "could not release" not in auto.stderr(), auto.stderr()
+
+
+@pytest.fixture(scope="module")
+def v2_cluster(tmp_path_factory):
+    cluster = start_cluster("etcd34", str(tmp_path_factory.mktemp("v2c")))
+    yield cluster
+    cluster.stop()
+
+
+def test_sigterm_after_a_post_sent_again_gives_back_both_entries(v2_cluster, delay_proxy,
+                                                                   spawn, key):
+    """Found by the adversarial review (simulation seed 1167): the POST's
+    first answer lost, the POST sent again, SIGTERM before its answer; the
+    release deleted the entry the second answer named, and left the first
+    for its TTL (every contender saying '1' meanwhile)."""
+    m0, m1, m2 = v2_cluster.members
+    to_m0, to_m1 = delay_proxy(m0.port), delay_proxy(m1.port)
+    to_m0.back_delay = 10
+    to_m1.back_delay = 0.8
+    hosts = "127.0.0.1:%d,127.0.0.1:%d" % (to_m0.port, to_m1.port)
+    helper = spawn(host=hosts, port=None, api="v2", lock_ttl=20, refresh=5)
+    pid = "pid=%d " % helper.proc.pid
+
+    def ours():
+        return [entry for entry in m2.v2_entries(key) if pid in entry["value"]]
+    wait_for(lambda: len(ours()) == 1, 10, "the first POST to be applied")
+    to_m0.reset()  # its answer lost
+    wait_for(lambda: len(ours()) == 2, 10, "the POST sent again to be applied")
+    to_m1.back_delay = 0  # its answer still comes late; what the release asks, at once
+    helper.proc.send_signal(signal.SIGTERM)
+    helper.wait()
+    assert not ours(), helper.stderr()
+
+
+def test_every_entry_named_by_answers_in_flight_goes_back(v2_cluster, delay_proxy, spawn,
+                                                           key):
+    """Found by the adversarial review (simulation seed 551): two sends of
+    the POST applied, both answers arriving only during the release; only
+    the entry the last one named went back."""
+    m0, m1, m2 = v2_cluster.members
+    to_m0, to_m1 = delay_proxy(m0.port), delay_proxy(m1.port)
+    to_m0.back_delay = 2.2
+    to_m1.back_delay = 1.3
+    hosts = "127.0.0.1:%d,127.0.0.1:%d" % (to_m0.port, to_m1.port)
+    helper = spawn(host=hosts, port=None, api="v2", lock_ttl=20, refresh=5, read_timeout=2)
+    pid = "pid=%d " % helper.proc.pid
+
+    def ours():
+        return [entry["key"] for entry in m2.v2_entries(key) if pid in entry["value"]]
+    wait_for(lambda: len(ours()) == 2, 10, "both sends of the POST to be applied")
+    to_m0.back_delay = to_m1.back_delay = 0  # their answers still late; the release's not
+    helper.status(timeout=15)
+    helper.wait()
+    assert not ours(), helper.stderr()

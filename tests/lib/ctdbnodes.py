@@ -8,10 +8,11 @@ its stdin closes, which is how a node is stopped.  Every node has the same
 are in each node's $CTDB_BASE/etcd.
 
     ctdb 4.17  the host's /usr/sbin/ctdbd (Debian 12)
-    ctdb 4.22  /usr/sbin/ctdbd in a cached Debian 13 root (make_trixie_root.sh),
-               run with chroot in a mount namespace of its own (for /proc);
-               the helper is copied into the root, and configs hold paths
-               as seen from inside it.
+    newer      /usr/sbin/ctdbd in a cached Debian root (make_ctdb_root.sh
+               SUITE): trixie's 4.22, trixie-backports' (4.24 when this
+               was written) and sid's (4.25); run with chroot in a mount
+               namespace of its own (for /proc); the helper is copied into
+               the root, and configs hold paths as seen from inside it.
 
 The processes of a node are ctdbd, its recovery daemon (ctdb-recoverd,
 the parent of the leader's helper), its event daemon and the helpers: they
@@ -19,6 +20,7 @@ can be killed together (a node dies), the daemons alone (the helper is left
 an orphan) or the leader's helper alone.
 """
 
+import calendar
 import os
 import random
 import re
@@ -34,23 +36,37 @@ from etcdmember import read_text, wait_for
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 HELPER = os.path.join(ROOT, "ctdb_etcd_lock.py")
-ORIGINAL = "/usr/libexec/ctdb/ctdb_etcd_lock"
+HELPER_BINDIR = "/usr/libexec/ctdb"  # Debian's, for ctdbd's own helpers and daemons
+ORIGINAL = HELPER_BINDIR + "/ctdb_etcd_lock"
 CTDB_PORT = 4379
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 CACHE = os.environ.get("CTDB_ETCD_LOCK_CACHE") or os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ctdb_etcd_lock")
-TRIXIE_ROOT = os.path.join(CACHE, "trixie-root")
+# The Debian suites make_ctdb_root.sh builds a root of: what each brought.
+SUITES = {"trixie": "Debian 13", "trixie-backports": "Debian 13's backports",
+          "sid": "Debian unstable"}
+
+
+def suite_root_path(suite):
+    return os.path.join(CACHE, suite + "-root")
+
+
+def ctdb_root(suite):
+    """(root, None) if the root of that Debian suite is built, else (None,
+    why not)."""
+    root = suite_root_path(suite)
+    if not os.path.exists(root + ".complete"):
+        return None, ("no root with %s's ctdb in %s: tests/run builds it with debootstrap "
+                      "(tests/lib/make_ctdb_root.sh %s; needs root and network)"
+                      % (SUITES[suite], root, suite))
+    if os.geteuid() != 0:
+        return None, "ctdb in a root runs with chroot, which needs root"
+    return root, None
 
 
 def trixie_root():
-    """(root, None) if the Debian 13 root is built, else (None, why not)."""
-    if not os.path.exists(TRIXIE_ROOT + ".complete"):
-        return None, ("no Debian 13 root with ctdb 4.22 in %s: tests/run builds it with "
-                      "debootstrap (tests/lib/make_trixie_root.sh; needs root and network)"
-                      % TRIXIE_ROOT)
-    if os.geteuid() != 0:
-        return None, "ctdb 4.22 runs in a chroot, which needs root"
-    return TRIXIE_ROOT, None
+    """(root, None) if the Debian 13 root (ctdb 4.22) is built, else (None, why not)."""
+    return ctdb_root("trixie")
 
 
 def ctdb_version(root="/"):
@@ -145,8 +161,12 @@ class Node:
         return os.path.join(self.base, "log.ctdb")
 
     def env(self):
+        # ctdb 4.25 in test mode runs its daemons (ctdb-eventd, ...) from
+        # CTDB_TEST_HELPER_BINDIR and aborts without it; older ones use
+        # their built-in directory, Debian's, and ignore it.
         return {"PATH": self.cluster.inside(self.cluster.shim) + ":" + CLEAN_PATH,
-                "CTDB_TEST_MODE": "yes", "CTDB_BASE": self.base_inside, "LANG": "C.UTF-8"}
+                "CTDB_TEST_MODE": "yes", "CTDB_BASE": self.base_inside, "LANG": "C.UTF-8",
+                "CTDB_TEST_HELPER_BINDIR": HELPER_BINDIR}
 
     def setup(self):
         for sub in ("run", "var", "events/legacy", "db/volatile", "db/persistent", "db/state"):
@@ -322,12 +342,20 @@ class Node:
         return {"nodes": nodes, "recovery mode": mode.group(1) if mode else None,
                 "leader": int(leader.group(1)) if leader else None}
 
-    def log(self):
+    def log(self, offset=0):
+        """The node's log (from byte ``offset`` on)."""
         try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode("utf-8", "replace")
         except FileNotFoundError:
             return ""
+
+    def log_size(self):
+        try:
+            return os.path.getsize(self.log_path)
+        except FileNotFoundError:
+            return 0
 
 
 class CtdbCluster:
@@ -485,6 +513,21 @@ class CtdbCluster:
     def logs(self):
         return {node.pnn: node.log() for node in self.nodes}
 
+    def log_sizes(self):
+        """{pnn: bytes} of every node's log now: where a later look starts."""
+        return {node.pnn: node.log_size() for node in self.nodes}
+
+    def first_logged(self, text, since):
+        """(wall-clock time, pnn) of the earliest line holding ``text`` that
+        a node logged after ``since`` (log_sizes()), or None."""
+        found = []
+        for node in self.nodes:
+            for line in node.log(since.get(node.pnn, 0)).splitlines():
+                stamp = log_time(line)
+                if text in line and stamp is not None:
+                    found.append((stamp, node.pnn))
+        return min(found) if found else None
+
     def log_problems(self):
         """Lines of any node's log that must never be there."""
         bad = ("able to take recovery lock", "Unexpected error when testing recovery lock",
@@ -521,6 +564,29 @@ class CtdbCluster:
                 if not os.path.exists(self.top):
                     break
                 time.sleep(0.1)
+
+
+LOG_STAMP = re.compile(r"(\d{4})[-/](\d\d)[-/](\d\d)[T ](\d\d):(\d\d):(\d\d)(\.\d+)?"
+                       r"(Z|[+-]\d\d:?\d\d)?")
+
+
+def log_time(line):
+    """The wall-clock time (seconds since the epoch) at the start of a ctdbd
+    log line (2026-12-05T20:10:31.123456+00:00, or local time without an
+    offset), or None."""
+    match = LOG_STAMP.match(line)
+    if not match:
+        return None
+    fields = [int(match.group(i)) for i in range(1, 7)]
+    fraction = float(match.group(7) or 0)
+    zone = match.group(8)
+    if zone is None:
+        return time.mktime(tuple(fields) + (0, 0, -1)) + fraction
+    offset = 0
+    if zone != "Z":
+        digits = zone[1:].replace(":", "")
+        offset = (int(digits[:2]) * 60 + int(digits[2:])) * 60 * (-1 if zone[0] == "-" else 1)
+    return calendar.timegm(tuple(fields) + (0, 0, 0)) + fraction - offset
 
 
 def parse_holder(value):

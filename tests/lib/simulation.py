@@ -136,9 +136,10 @@ SIGKILL.
 
 The checker:
 * safety: two helpers hold at one instant (from writing '0' until stdout is
-  closed or the process exits).  An overlap where a holder was stopped
-  (SIGSTOP) past its own fence is counted apart (``paused``), never a
-  violation.
+  closed or the process exits).  The one overlap the docs exclude is
+  counted apart (``paused``), never a violation: a holder stopped (SIGSTOP)
+  from before the overlap until its end, the overlap beginning after the
+  holder's lock could have expired by the holder's own count.
 * liveness: after the last fault healed, the lock is never free (nobody
   holds) for longer than lock_ttl + handover_wait + the retry interval + 2 s.
 * hygiene: a v2 entry or v3 key/lease deleted by a helper other than the one
@@ -712,7 +713,7 @@ class Cluster:
                      else INF, "created": self.v2_index, "modified": self.v2_index,
                      "by": request.helper.who,
                      # Applied after its helper ended: the documented late POST.
-                     "late": request.helper.done}
+                     "late": request.helper.done, "applied": self.sim.now}
             self.v2[entry["key"]] = entry
             return 201, {"action": "create", "node": self.v2_node(entry)}
         if method == "GET":
@@ -722,6 +723,7 @@ class Cluster:
                 nodes = [self.v2_node(self.v2[k]) for k in sorted(self.v2)
                          if k.rsplit("/", 1)[0] == key]
                 node = {"key": key, "dir": True, "modifiedIndex": 5, "createdIndex": 5}
+                request.helper.last_look = self.sim.now  # what it could know of the queue
                 if nodes:
                     node["nodes"] = nodes
                     queued = [self.v2[k]["by"] for k in sorted(self.v2)
@@ -984,6 +986,8 @@ class SimLog:
 
     def _line(self, level, message):
         self.helper.sim.note(self.helper.who, "%s: %s" % (level, message))
+        if "expires by its TTL" in message:
+            self.helper.left_to_ttl = True
 
     def error(self, message):
         self._line("error", message)
@@ -1043,6 +1047,9 @@ class Helper:
         self.held_from = None
         self.held_until = None
         self.fence_true = None  # the holder's fence, in true time (from Backstop.arm)
+        self.expiry_true = None  # when its lock could expire, as it counts, in true time
+        self.left_to_ttl = False  # it said something of its own expires by its TTL
+        self.last_look = -INF  # when its last read of the v2 queue was applied
         self.pauses = []  # [start, end] true times
         self.exit = None
         self.thread = threading.Thread(target=self._body, daemon=True)
@@ -1147,8 +1154,10 @@ class Helper:
         self.backstop_due = False
         if self.held_until is None:  # a holder's (arm_backstop comes just before '0')
             margin = self.node.config.fence_margin
-            # The fence, from (fence + valid_until) / 2 = now + seconds.
+            # The fence and the lock's end, from (fence + valid_until) / 2 =
+            # now + seconds.
             self.fence_true = self.node.true(self.node.clock() + seconds - margin / 2)
+            self.expiry_true = self.node.true(self.node.clock() + seconds + margin / 2)
         self.sim.at(at, self._fire, self.backstop_gen)
 
     def _fire(self, gen):
@@ -1179,6 +1188,21 @@ class Helper:
 
     def _ended(self):
         self.sim.note(self.who, "ended: %s" % self.exit)
+        # Hygiene as it exits: what it made is gone, unless it said so
+        # (expires by its TTL) or had no chance (killed).
+        if not self.killed and not self.left_to_ttl:
+            cluster = self.cluster
+            # (A POST applied after its last look at the queue is the
+            # documented late POST: nothing it could have seen.)
+            left = ["v2 entry %s" % key for key, entry in sorted(cluster.v2.items())
+                    if entry["by"] == self.who and entry["expires"] > self.sim.now
+                    and entry["applied"] <= self.last_look]
+            left += ["v3 key %s" % key for key, kv in sorted(cluster.kv.items())
+                     if kv["by"] == self.who]
+            for what in left:
+                self.node.checker.left_at_exit.append(
+                    "hygiene: %s of %s left behind at its exit (%.3f)" % (
+                        what, self.who, self.sim.now))
         if self.held_from is not None and self.held_until is None:
             self.held_until = self.sim.now
             self.sim.note(self.who, "held %.3f-%.3f" % (self.held_from, self.held_until))
@@ -1326,6 +1350,7 @@ class Patched:
 
 class Checker:
     def __init__(self, duration):
+        self.left_at_exit = []
         self.acquisitions = 0
         self.duration = duration
 
@@ -1510,10 +1535,13 @@ def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=
                   paused, sim.trace)
 
 
-def _paused_past_fence(helper, when):
-    for start, end in helper.pauses:
-        if start <= when <= end and helper.fence_true is not None \
-                and helper.fence_true <= when:
+def _paused_past_its_lock(helper, start, end):
+    """The one overlap the docs exclude: the holder was stopped (SIGSTOP)
+    from before the overlap began until it ended, and the overlap began
+    after its lock could have expired by its own count."""
+    for paused, resumed in helper.pauses:
+        if paused <= start and end <= resumed + EPS and helper.expiry_true is not None \
+                and helper.expiry_true <= start:
             return True
     return False
 
@@ -1532,7 +1560,7 @@ def check(sim, cluster, nodes, config, duration):
                 continue
             text = "two holders: %s (held %.3f-%.3f) and %s (held %.3f-%.3f), %.3f s" % (
                 a.who, a0, a1, b.who, b0, b1, end - start)
-            if _paused_past_fence(a, start) or _paused_past_fence(b, start):
+            if _paused_past_its_lock(a, start, end) or _paused_past_its_lock(b, start, end):
                 paused.append(text)
             else:
                 violations.append("safety: " + text)
@@ -1552,6 +1580,8 @@ def check(sim, cluster, nodes, config, duration):
         violations.append("liveness: nobody held from %.3f to %.3f (bound %.1f s)" % (
             free_from, end_of_holding, bound))
     # Hygiene.
+    if nodes:
+        violations.extend(nodes[0].checker.left_at_exit)
     for when, what, creator, deleter in cluster.deletes:
         if creator != deleter:
             violations.append("hygiene: %s of %s deleted by %s at %.3f" % (
