@@ -70,13 +70,17 @@ def test_a_refresh_applied_late_does_not_shorten_the_lock(slow_follower_cluster,
         % (closed[0] - taken, holder.stderr()))
 
 
+def three_members(tmp_path_factory, name, v2):
+    """Three etcd 3.4 members (v2 served where ``v2`` says), stopped after."""
+    cluster = start_cluster("etcd34", str(tmp_path_factory.mktemp(name)), v2=v2)
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture(scope="module")
 def mixed_v2_cluster(tmp_path_factory):
     """Three etcd 3.4 members of which only member 0 serves v2."""
-    cluster = start_cluster("etcd34", str(tmp_path_factory.mktemp("mixed")),
-                            v2=[True, False, False])
-    yield cluster
-    cluster.stop()
+    yield from three_members(tmp_path_factory, "mixed", [True, False, False])
 
 
 @pytest.mark.parametrize("first", ["auto", "v2"])
@@ -192,10 +196,7 @@ def test_a_v2_post_whose_answer_did_not_come_is_given_back(mixed_v2_cluster, del
 @pytest.fixture(scope="module")
 def no_v2_cluster(tmp_path_factory):
     """Three etcd 3.4 members, none serving v2 (etcd 3.5's default)."""
-    cluster = start_cluster("etcd34", str(tmp_path_factory.mktemp("nov2")),
-                            v2=[False, False, False])
-    yield cluster
-    cluster.stop()
+    yield from three_members(tmp_path_factory, "nov2", [False, False, False])
 
 
 def test_a_skipped_v2_lock_does_not_hold_up_the_v3_give_back(no_v2_cluster, delay_proxy,
@@ -220,9 +221,7 @@ def test_a_skipped_v2_lock_does_not_hold_up_the_v3_give_back(no_v2_cluster, dela
 
 @pytest.fixture(scope="module")
 def v2_cluster(tmp_path_factory):
-    cluster = start_cluster("etcd34", str(tmp_path_factory.mktemp("v2c")))
-    yield cluster
-    cluster.stop()
+    yield from three_members(tmp_path_factory, "v2c", [True, True, True])
 
 
 def test_sigterm_after_a_post_sent_again_gives_back_both_entries(v2_cluster, delay_proxy,

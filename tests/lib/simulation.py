@@ -1248,13 +1248,7 @@ class Node:
         if sim.rng.random() >= self.cluster.isolate or sim.now >= self.checker.duration - 1:
             return
         start = sim.now + sim.rng.uniform(0, 2)
-        end = min(start + sim.rng.uniform(3, 12), self.checker.duration)
-        for member in cluster.members:
-            cluster.links.cut.setdefault(Links._key(self.name, member.name), []).append(
-                (start, end))
-        cluster.faults += 1
-        sim.at(start, sim.note, "fault", "%s cut off from every member (until %.3f)" % (
-            self.name, end))
+        self._cut_off(start, min(start + sim.rng.uniform(3, 12), self.checker.duration), "")
 
     def maybe_cut_contender(self):
         """Now and then, cut a contender off from every member just as it
@@ -1265,13 +1259,17 @@ class Node:
         if sim.rng.random() >= cluster.cut_contender or sim.now >= cluster.quiet_from:
             return
         start = sim.now + 0.005
-        end = start + sim.rng.uniform(0.5, 2.5)
+        self._cut_off(start, start + sim.rng.uniform(0.5, 2.5), "contender ")
+
+    def _cut_off(self, start, end, who):
+        """A targeted fault: this node cut off from every member."""
+        sim, cluster = self.sim, self.cluster
         for member in cluster.members:
             cluster.links.cut.setdefault(Links._key(self.name, member.name), []).append(
                 (start, end))
         cluster.faults += 1
-        sim.at(start, sim.note, "fault", "contender %s cut off from every member (until %.3f)" % (
-            self.name, end))
+        sim.at(start, sim.note, "fault", "%s%s cut off from every member (until %.3f)" % (
+            who, self.name, end))
 
     def status_seen(self, helper):
         """ctdbd reads the status (or EOF): after anything but a '0' held,
