@@ -1685,8 +1685,11 @@ class Transport:
         self.unanswered = 0  # requests sent that went unanswered (they may act yet)
         self.without_v2 = {}  # member index -> its answer that it serves no v2
         # The v3 lock's token, if it has one: etcd 3.5.28+ tells a member's
-        # cluster (maintenance status) only to an authenticated user.
+        # cluster (maintenance status) only to an authenticated user; and how
+        # to get a new one when a member says it is old or invalid.
         self.token = None
+        self.reauthenticate = None
+        self.renewed = False  # a new token was got for the cluster check already
         self._tls = None
         self._conn = None
         self._in_flight = []
@@ -1855,11 +1858,11 @@ class Transport:
             return False
         why = "no answer"
         headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = self.token
         asks = [(prefix, "/maintenance/status", b"{}") for prefix in ("/v3", "/v3beta")]
         while asks:  # /v3: etcd 3.4 and later; /v3beta: etcd 3.3
             prefix, path, body = asks.pop(0)
+            if self.token:
+                headers["Authorization"] = self.token
             try:
                 status, answer_headers, data = self._ask_alone(
                     index, "POST", prefix + path, headers, body, deadline)
@@ -1881,6 +1884,20 @@ class Transport:
                 self.check_cluster(cluster_id, endpoint.url, member_id)
                 return True
             why = "HTTP %d without a cluster and member id" % status
+            if status == 401 and b"invalid auth token" in data:
+                why += " (it refused our token: a member of another cluster?)"
+            if status == 400 and self.token and self.reauthenticate and \
+                    not self.renewed and b"auth store is old" in data:
+                # Our token is older than a change to users or roles (JWT):
+                # once more with a new one, once for the cluster check.
+                self.renewed = True
+                try:
+                    self.reauthenticate(deadline)
+                except EtcdLockError as e:
+                    why = "a new token: %s" % e
+                    break
+                asks.insert(0, (prefix, path, body))
+                continue
             if status != 404 and self.token and path != "/kv/range":
                 # etcd 3.6.0-3.6.11 keep maintenance status to root: a read
                 # of the lock's key (from the member itself) names both ids.
@@ -1889,7 +1906,8 @@ class Transport:
                     "count_only": True}).encode())]
             elif status != 404:
                 break
-        self.not_heard[endpoint.url] = why
+        if why != "no answer in time" or endpoint.url not in self.not_heard:
+            self.not_heard[endpoint.url] = why  # a reason it gave outlives a later silence
         self.log.debug("no cluster id from %s: %s" % (endpoint.url, why))
         return False
 
@@ -2727,8 +2745,7 @@ class V3Lock(Lock):
                 # Some servers answer a stale token by closing the
                 # connection: once more with a new one.
                 renewed += 1
-                self.token = None
-                self._authenticate(deadline)
+                self._new_token(deadline)
                 continue
             if response.status == 404 and method == "/lease/grant":
                 raise ApiNotServed(response.endpoint)
@@ -2736,8 +2753,7 @@ class V3Lock(Lock):
                 # Expired, or issued by another member (simple tokens are
                 # each member's own): once more with a new one.
                 renewed += 1
-                self.token = None
-                self._authenticate(deadline)
+                self._new_token(deadline)
                 continue
             if self.token and old < self.OLD_TOKEN_TRIES and \
                     b"auth store is old" in response.body:
@@ -2745,8 +2761,7 @@ class V3Lock(Lock):
                 # the auth revision it was issued at; the admin may be making
                 # several): again with a new one.
                 old += 1
-                self.token = None
-                self._authenticate(deadline)
+                self._new_token(deadline)
                 continue
             return sent, self._answer(response)
 
@@ -2788,6 +2803,10 @@ class V3Lock(Lock):
                 _field(header, "member_id", "int64", what, 0))
         return data
 
+    def _new_token(self, deadline):
+        self.token = None
+        self._authenticate(deadline)
+
     def _authenticate(self, deadline):
         """A token for username and password; none if etcd has auth off."""
         import json
@@ -2801,6 +2820,7 @@ class V3Lock(Lock):
             data = self._answer(response)
             self.token = _field(data, "token", str, "the token of %s" % response.endpoint, "")
             self.transport.token = self.token
+            self.transport.reauthenticate = self._new_token
         except (AuthError, EtcdError) as e:
             if "authentication is not enabled" in e.detail:
                 self.token = ""
@@ -3513,16 +3533,24 @@ def _check_members(admin, judge):
         judge("cluster", "error", "the members belong to cluster %s, not "
               "expected_cluster_id %s" % (next(iter(clusters)), expected))
     else:
-        # The helper wants a majority of the listed members in the lock's
-        # cluster, unless expected_cluster_id is set (Transport.confirmed).
-        majority = expected or len(listed) == 1 or 2 * len(answered) > len(listed)
-        judge("cluster", "ok" if len(answered) == len(listed) else
+        # The helper wants a majority of the listed members to name the
+        # lock's cluster, unless expected_cluster_id is set, when the member
+        # it took the lock through must (Transport.confirmed): a member that
+        # answered without naming its cluster (it refused our token, say)
+        # does not count.
+        named = [about for about in answered if "cluster_id" in about]
+        unnamed = [about["endpoint"] for about in answered if "cluster_id" not in about]
+        majority = len(listed) == 1 or (bool(named) if expected else
+                                        2 * len(named) > len(listed))
+        judge("cluster", "ok" if len(named) == len(listed) else
               "warning" if majority else "error",
-              "%d of %d members answered%s%s" % (
+              "%d of %d members answered%s%s%s" % (
                   len(answered), len(listed), ", all in cluster %s" % next(iter(clusters))
-                  if clusters else "", "" if majority else
-                  ": the helper needs more than half of the listed members to answer; "
-                  "list every member of the cluster, or set expected_cluster_id"))
+                  if clusters else "", "; %s did not name its cluster" % ", ".join(unnamed)
+                  if unnamed else "", "" if majority else
+                  ": the helper needs more than half of the listed members to name the "
+                  "lock's cluster; list every member of the cluster, or set "
+                  "expected_cluster_id"))
         if len(listed) > 1 and not expected and len(clusters) == 1:
             judge("cluster", "warning", "expected_cluster_id is not set: set "
                   "expected_cluster_id = %s in %s, so that a member of another cluster "

@@ -310,3 +310,87 @@ def test_user_takes_the_lock_of_a_3_member_cluster(tmp_path, spawn_user, flavour
         assert holder.stderr() == ""
     finally:
         cluster.stop()
+
+
+# ---------------------------------------------------------------------------
+# Found by the adversarial review of issue 17's changes
+
+def _auth_on(member):
+    add_lock_user(member, USER, PASSWORD)
+    enable_v3_auth(member, ROOT, ROOT_PASSWORD)
+
+
+def test_check_refuses_members_of_two_clusters_with_auth(tmp_path, admin, spawn_user):
+    """Two single-member clusters listed, auth on in both: the member of the
+    other cluster refuses our token, so it names no cluster.  --check said
+    the helper would work (it counted members that answered, not members
+    that named the lock's cluster); the helper says '3'."""
+    from etcdmember import start_etcd
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = start_etcd("etcd35new", str(tmp_path / "a"))
+    second = start_etcd("etcd35new", str(tmp_path / "b"))
+    try:
+        for member in (first, second):
+            _auth_on(member)
+        hosts = "127.0.0.1:%d,127.0.0.1:%d" % (first.port, second.port)
+        path = user_config(str(tmp_path / "two.conf"), None, "two", host=hosts)
+        done = subprocess.run([sys.executable, HELPER, "--check", "-c", path],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=60)
+        out = done.stdout.decode()
+        assert done.returncode == 3, out
+        cluster = [line for line in out.splitlines() if line.startswith("cluster ")]
+        assert cluster and cluster[0].split()[1] == "error", out
+        assert "did not name its cluster" in cluster[0], out
+        helper = spawn_user(None, host=hosts)
+        assert helper.status(timeout=30) == "3", helper.stderr()
+        assert "cannot confirm" in helper.stderr(), helper.stderr()
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_an_old_token_at_the_cluster_check_gets_a_new_one(tmp_path, spawn_user):
+    """A change to users or roles between our authentication and the check
+    of the lock's cluster makes our token old there: the check never
+    succeeded with it and the helper said '3' (etcd 3.6.0-3.6.11).  A proxy
+    before two members answers the first token as etcd then does, each time
+    (etcd gives that answer only in such a race); a new token passes."""
+    from fakeetcd import Proxy
+    cluster = start_cluster("etcd35new", str(tmp_path / "cluster"))
+    proxies = []
+    try:
+        _auth_on(cluster)
+        body = (b'{"error":"etcdserver: revision of auth store is old","code":9,'
+                b'"message":"etcdserver: revision of auth store is old"}')
+        old = (b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+        first_token = []
+
+        def token_of(request):
+            for line in request.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"authorization":
+                    return value.strip()
+            return None
+
+        def old_token(sock, request, answer):
+            token = token_of(request)
+            if not first_token:
+                first_token.append(token)
+            sock.sendall(old if token == first_token[0] else answer)
+        for member in cluster.members[1:]:
+            proxy = Proxy(member.port)
+            proxy.fault, proxy.fault_if = old_token, lambda request: token_of(request)
+            proxies.append(proxy)
+        hosts = ",".join(["127.0.0.1:%d" % cluster.members[0].port] +
+                         ["127.0.0.1:%d" % proxy.port for proxy in proxies])
+        holder = spawn_user(None, host=hosts)
+        assert holder.status(timeout=30) == "0", holder.stderr()
+        assert first_token and any(proxy.faulted for proxy in proxies)
+        assert holder.terminate() == 0
+    finally:
+        for proxy in proxies:
+            proxy.close()
+        cluster.stop()
