@@ -86,7 +86,7 @@ def test_bites_issue_14_item_1_reverted(monkeypatch):
     """A try that keeps its value (no fresh id per round, no former values):
     an entry of an earlier try (its give-back failed, or its POST came late)
     is adopted and timed from a later send.  In seeds 0-299 of the default
-    rotation: seeds 0, 84 and 141 (api v2)."""
+    rotation: seeds 60 and 138 (api v2)."""
     def keep_value(self, value):
         self.entry, self.posted, self.resent, self.index, self.index_sent = (
             None, False, False, None, None)
@@ -129,14 +129,14 @@ def test_seed_3_a_v2_post_whose_answer_was_lost_is_given_back():
 
 def test_the_checker_excuses_only_a_holder_stopped_past_its_lock():
     """The docs exclude one overlap: the holder stopped (SIGSTOP) from
-    before it began until it ended, and past its lock's end by its own
-    count.  Anything else is a violation."""
+    before it began until it ended, and past its fence by its own clock
+    (running, it would have let go).  Anything else is a violation."""
     class Stopped:
         pauses = [[10.0, 20.0]]
-        expiry_true = 12.0
+        fence_true = 12.0
     excused = simulation._paused_past_its_lock
     assert excused(Stopped, 13.0, 18.0)
-    assert not excused(Stopped, 11.0, 18.0)  # began before its lock could end
+    assert not excused(Stopped, 11.0, 18.0)  # began before its fence
     assert not excused(Stopped, 13.0, 21.0)  # went on after it was continued
     assert not excused(Stopped, 9.0, 18.0)  # began before it was stopped
 

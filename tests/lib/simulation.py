@@ -139,7 +139,7 @@ The checker:
   closed or the process exits).  The one overlap the docs exclude is
   counted apart (``paused``), never a violation: a holder stopped (SIGSTOP)
   from before the overlap until its end, the overlap beginning after the
-  holder's lock could have expired by the holder's own count.
+  holder's fence by its own clock (running, it would have let go).
 * liveness: after the last fault healed, the lock is never free (nobody
   holds) for longer than lock_ttl + handover_wait + the retry interval + 2 s.
 * hygiene: a v2 entry or v3 key/lease deleted by a helper other than the one
@@ -1047,7 +1047,6 @@ class Helper:
         self.held_from = None
         self.held_until = None
         self.fence_true = None  # the holder's fence, in true time (from Backstop.arm)
-        self.expiry_true = None  # when its lock could expire, as it counts, in true time
         self.left_to_ttl = False  # it said something of its own expires by its TTL
         self.last_look = -INF  # when its last read of the v2 queue was applied
         self.pauses = []  # [start, end] true times
@@ -1154,10 +1153,8 @@ class Helper:
         self.backstop_due = False
         if self.held_until is None:  # a holder's (arm_backstop comes just before '0')
             margin = self.node.config.fence_margin
-            # The fence and the lock's end, from (fence + valid_until) / 2 =
-            # now + seconds.
+            # The fence, from (fence + valid_until) / 2 = now + seconds.
             self.fence_true = self.node.true(self.node.clock() + seconds - margin / 2)
-            self.expiry_true = self.node.true(self.node.clock() + seconds + margin / 2)
         self.sim.at(at, self._fire, self.backstop_gen)
 
     def _fire(self, gen):
@@ -1536,10 +1533,11 @@ def simulate(seed, api="v2", nodes=3, drift=0.0, duration=60.0, tail=30.0, loss=
 def _paused_past_its_lock(helper, start, end):
     """The one overlap the docs exclude: the holder was stopped (SIGSTOP)
     from before the overlap began until it ended, and the overlap began
-    after its lock could have expired by its own count."""
+    after the holder's fence (by its own clock): running, it would have let
+    go by then; stopped, nothing can make it."""
     for paused, resumed in helper.pauses:
-        if paused <= start and end <= resumed + EPS and helper.expiry_true is not None \
-                and helper.expiry_true <= start:
+        if paused <= start and end <= resumed + EPS and helper.fence_true is not None \
+                and helper.fence_true <= start:
             return True
     return False
 
