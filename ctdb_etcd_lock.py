@@ -1689,7 +1689,7 @@ class Transport:
         # to get a new one when a member says it is old or invalid.
         self.token = None
         self.reauthenticate = None
-        self.renewed = False  # a new token was got for the cluster check already
+        self.renewed = False  # asks of members got their one new token (then the lock's do)
         self._tls = None
         self._conn = None
         self._in_flight = []
@@ -1845,6 +1845,14 @@ class Transport:
             conn.close()
         return status, answer_headers, data
 
+    def _own_read(self):
+        """The body of a range that a member answers from its own store (a
+        count of the lock's key): its header names its cluster and itself,
+        where maintenance status is kept from us."""
+        import json
+        return json.dumps({"key": _b64(self.config.lock_key), "serializable": True,
+                           "count_only": True}).encode()
+
     def ask_cluster(self, index, deadline):
         """Ask one member which cluster it belongs to (v3 maintenance/status,
         with the lock's token if it has one), on a connection of its own:
@@ -1901,9 +1909,7 @@ class Transport:
             if status != 404 and self.token and path != "/kv/range":
                 # etcd 3.6.0-3.6.11 keep maintenance status to root: a read
                 # of the lock's key (from the member itself) names both ids.
-                asks = [(prefix, "/kv/range", json.dumps({
-                    "key": _b64(self.config.lock_key), "serializable": True,
-                    "count_only": True}).encode())]
+                asks = [(prefix, "/kv/range", self._own_read())]
             elif status != 404:
                 break
         if why != "no answer in time" or endpoint.url not in self.not_heard:
@@ -2007,7 +2013,6 @@ class Transport:
         """What one member says of itself, for --check, filled into
         ``about``: its version, whether it serves v3 (and its cluster id)
         and v2.  TransportError or EtcdError if it does not answer."""
-        import json
         what = "the answer of %s" % self.members[index][0].url
         version = self.ask(index, "GET", "/version", deadline).json()
         about["version"] = _field(version, "etcdserver", str, what, None)
@@ -2021,9 +2026,7 @@ class Transport:
             about["status_refused"] = str(_field(response.json(), "message", str, what, "?"))
             if token:  # a read of the lock's key (the member's own) names the cluster
                 response = self.ask(index, "POST", "/v3/kv/range", deadline, headers=token,
-                                    body=json.dumps({"key": _b64(self.config.lock_key),
-                                                     "serializable": True,
-                                                     "count_only": True}).encode())
+                                    body=self._own_read())
         if response.status == 200:
             header = _field(response.json(), "header", dict, what, {})
             about["cluster_id"] = _hex(_field(header, "cluster_id", "int64", what, 0))
