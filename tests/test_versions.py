@@ -25,7 +25,7 @@ import pytest
 
 from certs import add_lock_user, enable_v3_auth, jwt_arguments, start_secure_etcd
 from conftest import HELPER, helper_env, write_config
-from etcdmember import MAIN_FLAVOURS, NEWER_FLAVOURS, start_cluster, wait_for
+from etcdmember import MAIN_FLAVOURS, NEWER_FLAVOURS, start_cluster, start_etcd, wait_for
 
 ALL = MAIN_FLAVOURS + NEWER_FLAVOURS
 SETTINGS = {"lock_ttl": 3, "refresh": 0.5}
@@ -325,7 +325,6 @@ def test_check_refuses_members_of_two_clusters_with_auth(tmp_path, admin, spawn_
     other cluster refuses our token, so it names no cluster.  --check said
     the helper would work (it counted members that answered, not members
     that named the lock's cluster); the helper says '3'."""
-    from etcdmember import start_etcd
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = start_etcd("etcd35new", str(tmp_path / "a"))
